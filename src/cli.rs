@@ -1,0 +1,157 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   satisfied (hit, or installed and validated)
+  1   install failed (uv or venv creation failed, uv or Python missing, I/O error)
+  2   usage error or bad input (flags, requirements, deps JSON, paths)
+  3   import validation failed after install (no state written)
+  4   offline and not satisfiable from the local cache
+  75  lock timeout: another penv-guard holds the penv lock (retryable)";
+
+/// Keep PlatformIO's Python environment (penv) satisfied, fast and safely.
+#[derive(Debug, Parser)]
+#[command(name = "penv-guard", version, about, after_help = EXIT_CODES, args_override_self = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make the penv satisfy the dependency list (a few ms when it already does)
+    #[command(after_help = EXIT_CODES)]
+    Ensure(EnsureArgs),
+    /// Print the fingerprint of the dependency list and penv (a CI cache key)
+    #[command(after_help = EXIT_CODES)]
+    Fingerprint(FingerprintArgs),
+    /// Report (and cache) the size of each PlatformIO environment's build directory
+    Size(SizeArgs),
+    /// Explain what `ensure` would do now and why, without changing anything
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PenvArgs {
+    /// The penv directory [default: $PLATFORMIO_CORE_DIR/penv, else ~/.platformio/penv]
+    #[arg(long, value_name = "DIR")]
+    pub penv: Option<PathBuf>,
+    /// Python used to create the penv [default: python3 on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// uv binary [default: $PENV_GUARD_UV, the penv's uv, uv next to --python, uv on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub uv: Option<PathBuf>,
+    /// uv cache directory [default: <core dir>/.cache/uv]
+    #[arg(long, value_name = "DIR")]
+    pub uv_cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct DepArgs {
+    /// Requirements file (PEP 508 lines); repeatable
+    #[arg(short = 'r', long = "requirement", value_name = "FILE")]
+    pub requirement: Vec<PathBuf>,
+    /// One requirement (PEP 508), e.g. 'rich>=14'; repeatable
+    #[arg(long, value_name = "SPEC")]
+    pub dep: Vec<String>,
+    /// JSON object {name: spec} like pioarduino's python_deps ('-' for stdin)
+    #[arg(long, value_name = "FILE")]
+    pub deps_json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct EnsureArgs {
+    #[command(flatten)]
+    pub penv: PenvArgs,
+    #[command(flatten)]
+    pub deps: DepArgs,
+    /// Never touch the network (also: PLATFORMIO_OFFLINE=1)
+    #[arg(long)]
+    pub offline: bool,
+    /// Seconds to wait for another penv-guard's lock; 0 tries once
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "PENV_GUARD_LOCK_TIMEOUT",
+        default_value_t = 600.0
+    )]
+    pub lock_timeout: f64,
+    /// Seconds after which a running `uv pip install` (or validation) is killed
+    #[arg(long, value_name = "SECS", default_value_t = 600.0)]
+    pub install_timeout: f64,
+    /// Proceed without the lock where the filesystem cannot lock (unsafe with parallel builds)
+    #[arg(long)]
+    pub allow_unlocked: bool,
+    /// Install and validate even when the state says the penv is satisfied
+    #[arg(long)]
+    pub verify: bool,
+    /// Print the result as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Explain each step on stderr
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// PlatformIO project, to print an environment's cached build size (with --env)
+    #[arg(long, value_name = "DIR")]
+    pub project_dir: Option<PathBuf>,
+    /// PlatformIO environment whose cached build size is printed
+    #[arg(long, value_name = "NAME", requires = "project_dir")]
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct FingerprintArgs {
+    #[command(flatten)]
+    pub penv: PenvArgs,
+    #[command(flatten)]
+    pub deps: DepArgs,
+    /// Print the fingerprint and its inputs as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SizeArgs {
+    /// PlatformIO project directory
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub project_dir: PathBuf,
+    /// Only these environments; repeatable
+    #[arg(long, value_name = "NAME")]
+    pub env: Vec<String>,
+    /// Walk even when the cached size is fresh
+    #[arg(long)]
+    pub refresh: bool,
+    /// Print the result as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub penv: PenvArgs,
+    #[command(flatten)]
+    pub deps: DepArgs,
+    /// PlatformIO project whose build sizes are reported
+    #[arg(long, value_name = "DIR")]
+    pub project_dir: Option<PathBuf>,
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,161 @@
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub const EXIT_INSTALL: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_VALIDATION: u8 = 3;
+pub const EXIT_OFFLINE: u8 = 4;
+pub const EXIT_LOCK_TIMEOUT: u8 = 75;
+
+#[derive(Debug)]
+pub enum Error {
+    /// Bad input that is not a requirement: a path, a flag value.
+    Usage(String),
+    BadRequirement {
+        origin: String,
+        text: String,
+        message: String,
+    },
+    BadDepsJson {
+        origin: String,
+        message: String,
+    },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    UvNotFound,
+    PythonNotFound {
+        python: PathBuf,
+        message: String,
+    },
+    VenvCreate {
+        penv: PathBuf,
+        message: String,
+    },
+    Install {
+        message: String,
+        tail: String,
+    },
+    Offline {
+        tail: String,
+    },
+    Validation {
+        dist: String,
+        module: String,
+        error: String,
+    },
+    LockTimeout {
+        path: PathBuf,
+        seconds: f64,
+        holder: String,
+    },
+    LockUnsupported {
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) | Error::BadRequirement { .. } | Error::BadDepsJson { .. } => {
+                EXIT_USAGE
+            }
+            Error::Validation { .. } => EXIT_VALIDATION,
+            Error::Offline { .. } => EXIT_OFFLINE,
+            Error::LockTimeout { .. } => EXIT_LOCK_TIMEOUT,
+            Error::Io { .. }
+            | Error::UvNotFound
+            | Error::PythonNotFound { .. }
+            | Error::VenvCreate { .. }
+            | Error::Install { .. }
+            | Error::LockUnsupported { .. } => EXIT_INSTALL,
+        }
+    }
+
+    /// Output of a failed child process, shown after the one-line message.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Error::Install { tail, .. } | Error::Offline { tail } if !tail.trim().is_empty() => {
+                Some(tail)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(message) => f.write_str(message),
+            Error::BadRequirement {
+                origin,
+                text,
+                message,
+            } => write!(f, "invalid requirement `{text}` ({origin}): {message}"),
+            Error::BadDepsJson { origin, message } => {
+                write!(f, "invalid dependency JSON in {origin}: {message}")
+            }
+            Error::Io {
+                action,
+                path,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
+            Error::UvNotFound => f.write_str(
+                "uv not found (looked at --uv, $PENV_GUARD_UV, the penv, next to --python, PATH); \
+                 install it with `pip install uv` or pass --uv PATH",
+            ),
+            Error::PythonNotFound { python, message } => {
+                write!(f, "cannot run Python `{}`: {message}", python.display())
+            }
+            Error::VenvCreate { penv, message } => {
+                write!(f, "cannot create the penv {}: {message}", penv.display())
+            }
+            Error::Install { message, .. } => write!(f, "install failed: {message}"),
+            Error::Offline { .. } => f.write_str(
+                "offline and the requirements cannot be satisfied from the local uv cache \
+                 (run once online, or point UV_FIND_LINKS at local wheels)",
+            ),
+            Error::Validation {
+                dist,
+                module,
+                error,
+            } => write!(
+                f,
+                "validation failed: `import {module}` (from {dist}) raised {error}; no state written"
+            ),
+            Error::LockTimeout {
+                path,
+                seconds,
+                holder,
+            } => write!(
+                f,
+                "timed out after {seconds}s waiting for the penv lock {} (held by {holder}); \
+                 another `pio run` or ESPHome compile may be installing. \
+                 Set PENV_GUARD_LOCK_TIMEOUT or --lock-timeout to wait longer",
+                path.display()
+            ),
+            Error::LockUnsupported { path, source } => write!(
+                f,
+                "cannot lock {}: {source}; this filesystem does not support locks. \
+                 Pass --allow-unlocked to proceed without one (unsafe with parallel builds)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

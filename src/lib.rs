@@ -1,0 +1,29 @@
+//! penv-guard: keeps PlatformIO's Python environment (penv) satisfied, answering "already
+//! satisfied" from files in a few milliseconds and doing the real work (uv, import validation)
+//! only on a miss, under a cross-process lock.
+
+pub mod cli;
+pub mod ensure;
+pub mod error;
+pub mod install;
+pub mod lock;
+pub mod penv;
+pub mod requirements;
+pub mod size;
+pub mod state;
+pub mod status;
+pub mod validate;
+
+use std::time::Instant;
+
+use cli::{Cli, Command};
+pub use error::{Error, Result};
+
+pub fn run(cli: &Cli, start: Instant) -> Result<()> {
+    match &cli.command {
+        Command::Ensure(args) => ensure::ensure(args, start),
+        Command::Fingerprint(args) => ensure::fingerprint(args),
+        Command::Size(args) => size::run(args),
+        Command::Status(args) => status::run(args),
+    }
+}

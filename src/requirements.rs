@@ -1,0 +1,534 @@
+//! The dependency list: requirements files, `--dep`, pioarduino-style deps JSON, or the embedded
+//! ESP32 default. Everything is parsed with `pep508_rs`, so names are PEP 503-normalized and
+//! specifiers follow PEP 440. The canonical form (one line per distribution, sorted by name, with
+//! sorted specifiers and extras) is what the fingerprint hashes, so the order of the input never
+//! matters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use pep508_rs::pep440_rs::Version;
+use pep508_rs::{MarkerEnvironment, MarkerEnvironmentBuilder, Requirement, VersionOrUrl};
+
+use crate::cli::DepArgs;
+use crate::error::{Error, Result};
+
+/// pioarduino's `python_deps` for ESP32 builds, kept as data (`data/esp32-deps.json`).
+pub const DEFAULT_DEPS_JSON: &str = include_str!("../data/esp32-deps.json");
+
+#[derive(Debug, Clone)]
+pub struct Dep {
+    pub requirement: Requirement,
+    /// Canonical one-line form, also what uv is given.
+    pub canonical: String,
+    /// Where it came from, for error messages: `FILE:LINE`, `--dep`, `JSON key "x"`.
+    pub origin: String,
+}
+
+impl Dep {
+    pub fn name(&self) -> &str {
+        self.requirement.name.as_ref()
+    }
+
+    /// `None` for a URL requirement (the version is whatever the URL holds).
+    pub fn specifiers(&self) -> Option<&pep508_rs::pep440_rs::VersionSpecifiers> {
+        match &self.requirement.version_or_url {
+            Some(VersionOrUrl::VersionSpecifier(specs)) => Some(specs),
+            _ => None,
+        }
+    }
+
+    pub fn is_url(&self) -> bool {
+        matches!(self.requirement.version_or_url, Some(VersionOrUrl::Url(_)))
+    }
+
+    pub fn satisfied_by(&self, version: &str) -> bool {
+        match (self.specifiers(), version.parse::<Version>()) {
+            (Some(specs), Ok(version)) => specs.contains(&version),
+            (None, Ok(_)) => true,
+            (_, Err(_)) => false,
+        }
+    }
+
+    /// Whether this requirement applies to a penv with the given Python version
+    /// (markers such as `sys_platform == "win32"` are evaluated for this host).
+    pub fn applies_to(&self, python_version: &str) -> bool {
+        self.requirement.marker.is_true()
+            || marker_environment(python_version)
+                .is_none_or(|env| self.requirement.marker.evaluate(&env, &[]))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DepSet {
+    deps: Vec<Dep>,
+    pub source: String,
+}
+
+impl DepSet {
+    pub fn iter(&self) -> impl Iterator<Item = &Dep> {
+        self.deps.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.deps.len()
+    }
+
+    pub fn canonical_lines(&self) -> Vec<String> {
+        self.deps.iter().map(|dep| dep.canonical.clone()).collect()
+    }
+
+    pub fn requirements_txt(&self) -> String {
+        self.deps.iter().fold(String::new(), |mut out, dep| {
+            let _ = writeln!(out, "{}", dep.canonical);
+            out
+        })
+    }
+
+    pub fn from_args(args: &DepArgs) -> Result<DepSet> {
+        let mut deps = Vec::new();
+        let mut sources = Vec::new();
+        for file in &args.requirement {
+            parse_requirements_file(file, &mut deps, 0)?;
+            sources.push(file.display().to_string());
+        }
+        for (index, text) in args.dep.iter().enumerate() {
+            deps.push(parse_requirement(text, &format!("--dep #{}", index + 1))?);
+        }
+        if !args.dep.is_empty() {
+            sources.push("--dep".to_owned());
+        }
+        if let Some(path) = &args.deps_json {
+            let (text, origin) = if path.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|e| Error::io("read", Path::new("<stdin>"), e))?;
+                (text, "<stdin>".to_owned())
+            } else {
+                let text = fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+                (text, path.display().to_string())
+            };
+            deps.extend(parse_deps_json(&text, &origin)?);
+            sources.push(origin);
+        }
+        if sources.is_empty() {
+            let deps = parse_deps_json(DEFAULT_DEPS_JSON, "embedded default")?;
+            return DepSet::new(deps, "embedded ESP32 default".to_owned());
+        }
+        let source = sources.join(", ");
+        if deps.is_empty() {
+            return Err(Error::Usage(format!("no dependencies given in {source}")));
+        }
+        DepSet::new(deps, source)
+    }
+
+    /// Sorts, drops exact duplicates, rejects one name with two different requirements.
+    pub fn new(mut deps: Vec<Dep>, source: String) -> Result<DepSet> {
+        deps.sort_by(|a, b| {
+            (a.name(), &a.canonical, &a.origin).cmp(&(b.name(), &b.canonical, &b.origin))
+        });
+        let mut unique: Vec<Dep> = Vec::with_capacity(deps.len());
+        for dep in deps {
+            if let Some(last) = unique.last() {
+                if last.name() == dep.name() {
+                    if last.canonical == dep.canonical {
+                        continue;
+                    }
+                    return Err(Error::BadRequirement {
+                        origin: dep.origin.clone(),
+                        text: dep.canonical.clone(),
+                        message: format!(
+                            "conflicts with `{}` ({}); give each distribution once",
+                            last.canonical, last.origin
+                        ),
+                    });
+                }
+            }
+            unique.push(dep);
+        }
+        Ok(DepSet {
+            deps: unique,
+            source,
+        })
+    }
+}
+
+pub fn parse_requirement(text: &str, origin: &str) -> Result<Dep> {
+    let bad = |message: String| Error::BadRequirement {
+        origin: origin.to_owned(),
+        text: text.to_owned(),
+        message,
+    };
+    // pep508_rs 0.9.2 panics when a name ending in `-`, `_` or `.` is followed by more text
+    // (`0-!`, `a-\u{10efc}`: found by the property test below); reject that shape first.
+    let trimmed = text.trim();
+    let name_end = trimmed
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .unwrap_or(trimmed.len());
+    if name_end < trimmed.len() && trimmed[..name_end].ends_with(['-', '_', '.']) {
+        return Err(bad(
+            "the package name must end with a letter or digit".to_owned()
+        ));
+    }
+    let requirement: Requirement = trimmed.parse().map_err(|e| {
+        let e: pep508_rs::Pep508Error = e;
+        bad(e.message.to_string())
+    })?;
+    Ok(Dep {
+        canonical: canonical(&requirement),
+        requirement,
+        origin: origin.to_owned(),
+    })
+}
+
+fn canonical(requirement: &Requirement) -> String {
+    let mut out = requirement.name.to_string();
+    if !requirement.extras.is_empty() {
+        let mut extras: Vec<String> = requirement.extras.iter().map(ToString::to_string).collect();
+        extras.sort();
+        extras.dedup();
+        let _ = write!(out, "[{}]", extras.join(","));
+    }
+    match &requirement.version_or_url {
+        Some(VersionOrUrl::VersionSpecifier(specs)) => {
+            let mut parts: Vec<String> = specs.iter().map(ToString::to_string).collect();
+            parts.sort();
+            parts.dedup();
+            out.push_str(&parts.join(","));
+        }
+        Some(VersionOrUrl::Url(url)) => {
+            let _ = write!(out, " @ {url}");
+        }
+        None => {}
+    }
+    if let Some(marker) = requirement.marker.contents() {
+        // A space before `;` keeps a URL's last character from swallowing the marker.
+        let _ = write!(out, " ; {marker}");
+    }
+    out
+}
+
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+fn parse_requirements_file(path: &Path, deps: &mut Vec<Dep>, depth: usize) -> Result<()> {
+    let bytes = fs::read(path).map_err(|e| Error::io("read requirements file", path, e))?;
+    let text = String::from_utf8(bytes).map_err(|_| Error::BadRequirement {
+        origin: path.display().to_string(),
+        text: String::from("<file>"),
+        message: "the file is not UTF-8".to_owned(),
+    })?;
+    for (line_no, line) in logical_lines(&text) {
+        let origin = format!("{}:{line_no}", path.display());
+        if let Some(include) = include_target(&line) {
+            if depth >= MAX_INCLUDE_DEPTH {
+                return Err(Error::BadRequirement {
+                    origin,
+                    text: line,
+                    message: "requirements files include each other too deeply".to_owned(),
+                });
+            }
+            let base = path.parent().unwrap_or(Path::new("."));
+            parse_requirements_file(&base.join(include), deps, depth + 1)?;
+        } else if line.starts_with('-') {
+            return Err(Error::BadRequirement {
+                origin,
+                text: line,
+                message: "only PEP 508 lines and `-r FILE` are supported in requirements files"
+                    .to_owned(),
+            });
+        } else {
+            deps.push(parse_requirement(&line, &origin)?);
+        }
+    }
+    Ok(())
+}
+
+fn include_target(line: &str) -> Option<PathBuf> {
+    let rest = line
+        .strip_prefix("-r")
+        .or_else(|| line.strip_prefix("--requirement"))?;
+    let rest = rest.trim_start_matches('=').trim();
+    (!rest.is_empty()).then(|| PathBuf::from(rest))
+}
+
+/// Lines with comments (`#` at the start or after whitespace) and blank lines removed and
+/// backslash continuations joined, each with the number of its first physical line.
+pub fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut pending: Option<(usize, String)> = None;
+    for (index, raw) in text.lines().enumerate() {
+        let without_comment = strip_comment(raw);
+        let (number, mut joined) = pending.take().unwrap_or((index + 1, String::new()));
+        if let Some(head) = without_comment.strip_suffix('\\') {
+            joined.push_str(head);
+            pending = Some((number, joined));
+            continue;
+        }
+        joined.push_str(without_comment);
+        let trimmed = joined.trim();
+        if !trimmed.is_empty() {
+            out.push((number, trimmed.to_owned()));
+        }
+    }
+    if let Some((number, joined)) = pending {
+        let trimmed = joined.trim();
+        if !trimmed.is_empty() {
+            out.push((number, trimmed.to_owned()));
+        }
+    }
+    out
+}
+
+fn strip_comment(line: &str) -> &str {
+    if line.trim_start().starts_with('#') {
+        return "";
+    }
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && i > 0 && bytes[i - 1].is_ascii_whitespace() {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+/// pioarduino's `python_deps`: `{"name": "spec"}` where spec is a PEP 440 specifier set
+/// (`>=1.5.3,<1.8`), empty (any version), or a URL (`git+https://…`, `https://…`, `file://…`).
+pub fn parse_deps_json(text: &str, origin: &str) -> Result<Vec<Dep>> {
+    let bad = |message: String| Error::BadDepsJson {
+        origin: origin.to_owned(),
+        message,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(bad(format!(
+            "expected an object {{\"name\": \"spec\"}}, found {}",
+            json_kind(&value)
+        )));
+    };
+    if map.is_empty() {
+        return Err(bad("the object lists no dependencies".to_owned()));
+    }
+    let mut deps = Vec::with_capacity(map.len());
+    let mut seen = BTreeMap::new();
+    for (name, spec) in &map {
+        let key_origin = format!("{origin}, key \"{name}\"");
+        let serde_json::Value::String(spec) = spec else {
+            return Err(bad(format!(
+                "the value of \"{name}\" must be a string (a version specifier or URL), found {}",
+                json_kind(spec)
+            )));
+        };
+        let spec = spec.trim();
+        let text = if spec.is_empty() {
+            name.clone()
+        } else if is_url(spec) {
+            format!("{name} @ {spec}")
+        } else {
+            format!("{name}{spec}")
+        };
+        let dep = parse_requirement(&text, &key_origin)?;
+        if dep.requirement.marker.contents().is_some() || !dep.requirement.extras.is_empty() {
+            return Err(Error::BadRequirement {
+                origin: key_origin,
+                text,
+                message: "a deps JSON key must be a plain distribution name".to_owned(),
+            });
+        }
+        if let Some(previous) = seen.insert(dep.name().to_owned(), name.clone()) {
+            return Err(bad(format!(
+                "\"{previous}\" and \"{name}\" name the same distribution"
+            )));
+        }
+        deps.push(dep);
+    }
+    Ok(deps)
+}
+
+fn is_url(spec: &str) -> bool {
+    spec.contains("://") || spec.starts_with("git+")
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn marker_environment(python_version: &str) -> Option<MarkerEnvironment> {
+    let mut parts = python_version.split('.');
+    let short = format!("{}.{}", parts.next()?, parts.next()?);
+    let (os_name, sys_platform, platform_system) = if cfg!(windows) {
+        ("nt", "win32", "Windows")
+    } else if cfg!(target_os = "macos") {
+        ("posix", "darwin", "Darwin")
+    } else {
+        ("posix", "linux", "Linux")
+    };
+    MarkerEnvironment::try_from(MarkerEnvironmentBuilder {
+        implementation_name: "cpython",
+        implementation_version: python_version,
+        os_name,
+        platform_machine: std::env::consts::ARCH,
+        platform_python_implementation: "CPython",
+        platform_release: "",
+        platform_system,
+        platform_version: "",
+        python_full_version: python_version,
+        python_version: &short,
+        sys_platform,
+    })
+    .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn set(lines: &[&str]) -> Result<DepSet> {
+        let deps = lines
+            .iter()
+            .map(|l| parse_requirement(l, "test"))
+            .collect::<Result<Vec<_>>>()?;
+        DepSet::new(deps, "test".into())
+    }
+
+    #[test]
+    fn canonical_form_ignores_order_case_and_spacing() {
+        let a = set(&["PyYAML >= 6.0.2", "reedsolo<1.8,>=1.5.3"]).unwrap();
+        let b = set(&["reedsolo >=1.5.3, <1.8", "pyyaml>=6.0.2"]).unwrap();
+        assert_eq!(a.canonical_lines(), b.canonical_lines());
+        assert_eq!(
+            a.canonical_lines(),
+            vec!["pyyaml>=6.0.2", "reedsolo<1.8,>=1.5.3"]
+        );
+    }
+
+    #[test]
+    fn post_release_satisfies_lower_bound() {
+        let dep = parse_requirement("pioarduino>=6.2.0", "t").unwrap();
+        assert!(dep.satisfied_by("6.2.0.post1"));
+        assert!(!dep.satisfied_by("6.1.9"));
+        assert!(!dep.satisfied_by("not a version"));
+    }
+
+    #[test]
+    fn conflicting_duplicates_are_rejected_and_exact_ones_merged() {
+        assert_eq!(set(&["rich>=14", "Rich >= 14"]).unwrap().len(), 1);
+        let err = set(&["rich>=14", "rich<13"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("rich"), "{err}");
+    }
+
+    #[test]
+    fn deps_json_accepts_specifiers_urls_and_empty() {
+        let deps = parse_deps_json(
+            r#"{"reedsolo": ">=1.5.3,<1.8", "x": "", "pio-lock": "git+https://example.com/p.git@v0.2.0", "w": "file:///tmp/w-1.0-py3-none-any.whl"}"#,
+            "t",
+        )
+        .unwrap();
+        let lines: Vec<_> = deps.iter().map(|d| d.canonical.clone()).collect();
+        assert!(
+            lines.contains(&"reedsolo<1.8,>=1.5.3".to_owned()),
+            "{lines:?}"
+        );
+        assert!(lines.contains(&"x".to_owned()));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("pio-lock @ git+https://"))
+        );
+        assert!(deps.iter().filter(|d| d.is_url()).count() == 2);
+    }
+
+    #[test]
+    fn deps_json_errors_name_the_bad_value() {
+        for (text, needle) in [
+            ("[]", "array"),
+            ("{}", "no dependencies"),
+            (r#"{"a": 1}"#, "\"a\""),
+            (r#"{"a": ">=x"}"#, "a>=x"),
+            ("{", "not valid JSON"),
+            (r#"{"Foo_Bar": "", "foo-bar": ">=1"}"#, "same distribution"),
+        ] {
+            let err = parse_deps_json(text, "t").unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn embedded_default_parses() {
+        let deps = parse_deps_json(DEFAULT_DEPS_JSON, "embedded").unwrap();
+        assert_eq!(deps.len(), 16);
+        assert!(deps.iter().any(|d| d.name() == "pioarduino"));
+    }
+
+    #[test]
+    fn logical_lines_strip_comments_and_join_continuations() {
+        let text = "# header\n\nfoo>=1 # trailing\nbar @ https://x/y.whl#sha256=ab\nbaz\\\n  >=2\n";
+        let lines: Vec<_> = logical_lines(text).into_iter().collect();
+        assert_eq!(
+            lines,
+            vec![
+                (3, "foo>=1".to_owned()),
+                (4, "bar @ https://x/y.whl#sha256=ab".to_owned()),
+                (5, "baz  >=2".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn markers_are_evaluated_for_this_host() {
+        let win = parse_requirement("foo; sys_platform == 'win32'", "t").unwrap();
+        let old = parse_requirement("bar; python_version < '3.8'", "t").unwrap();
+        assert_eq!(win.applies_to("3.11.7"), cfg!(windows));
+        assert!(!old.applies_to("3.11.7"));
+        assert!(old.applies_to("3.7.1"));
+    }
+
+    #[test]
+    fn regression_non_ascii_after_name_is_an_error_not_a_panic() {
+        for text in ["a-\u{10efc}", "0-!", "foo_ >=1"] {
+            let err = parse_requirement(text, "t").unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{text}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_requirement_text_never_panics(text in "\\PC{0,80}") {
+            let _ = parse_requirement(&text, "p");
+        }
+
+        #[test]
+        fn arbitrary_deps_json_never_panics(text in "\\PC{0,120}") {
+            let _ = parse_deps_json(&text, "p");
+        }
+
+        #[test]
+        fn canonical_form_reparses_to_itself(
+            name in "[a-zA-Z][a-zA-Z0-9._-]{0,12}[a-zA-Z0-9]",
+            major in 0u32..50, minor in 0u32..50,
+        ) {
+            let dep = parse_requirement(&format!("{name} >= {major}.{minor}, < {}", major + 1), "p").unwrap();
+            let again = parse_requirement(&dep.canonical, "p").unwrap();
+            prop_assert_eq!(dep.canonical, again.canonical);
+        }
+
+        #[test]
+        fn logical_lines_never_panic(text in "\\PC{0,200}") {
+            let _ = logical_lines(&text);
+        }
+    }
+}

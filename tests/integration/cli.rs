@@ -1,0 +1,72 @@
+use crate::support::World;
+
+#[test]
+fn unknown_flag_exits_2_naming_it() {
+    let w = World::new();
+    let run = w.cmd("ensure").arg("--frobnicate").run().code(2);
+    assert!(run.stderr.contains("--frobnicate"), "{}", run.stderr);
+}
+
+#[test]
+fn malformed_requirement_exits_2_naming_it() {
+    let w = World::new();
+    let run = w.ensure(&["alpha >= = 1"]).run().code(2);
+    assert!(run.stderr.contains("alpha >= = 1"), "{}", run.stderr);
+    let req = w.dir.path().join("req.txt");
+    std::fs::write(&req, "alpha\n\nbeta (((\n").unwrap();
+    let run = w.cmd("ensure").arg("-r").arg(&req).run().code(2);
+    assert!(run.stderr.contains("req.txt:3"), "{}", run.stderr);
+    assert!(run.stderr.contains("beta ((("), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
+}
+
+#[test]
+fn bad_deps_json_exits_2_naming_the_value() {
+    let w = World::new();
+    let json = w.dir.path().join("deps.json");
+    for (content, needle) in [
+        ("{\"alpha\": 3}", "\"alpha\""),
+        ("[\"alpha\"]", "array"),
+        ("{}", "no dependencies"),
+        ("{\"alpha\": \">=1\",", "not valid JSON"),
+    ] {
+        std::fs::write(&json, content).unwrap();
+        let run = w.cmd("ensure").arg("--deps-json").arg(&json).run().code(2);
+        assert!(run.stderr.contains(needle), "{content}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn json_errors_go_to_stdout_as_json_and_messages_to_stderr() {
+    let w = World::new();
+    let run = w.ensure(&["broken"]).arg("--json").run().code(3);
+    let report = run.json();
+    assert_eq!(report["status"], "error");
+    assert_eq!(report["exit_code"], 3);
+    assert!(run.stderr.contains("error:"));
+}
+
+#[test]
+fn missing_uv_is_a_clear_error() {
+    let w = World::new();
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--uv")
+        .arg(w.dir.path().join("no-such-uv"))
+        .run()
+        .code(1);
+    assert!(
+        run.stderr.contains("no-such-uv") || run.stderr.contains("uv"),
+        "{}",
+        run.stderr
+    );
+    assert!(!w.state_path().exists());
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let run = World::new().cmd("ensure").arg("--help").run().ok();
+    for code in ["75", "lock timeout", "offline", "validation"] {
+        assert!(run.stdout.contains(code), "--help lacks {code}");
+    }
+}

@@ -1,0 +1,331 @@
+use std::fs;
+
+use crate::support::{Server, Wheel, World};
+
+#[test]
+fn first_run_installs_and_validates_then_second_run_is_a_hit_without_uv() {
+    let w = World::new();
+    let first = w
+        .ensure(&["alpha>=1,<2", "Odd_Name", "postpkg", "single"])
+        .arg("--json")
+        .run()
+        .ok();
+    let report = first.json();
+    assert_eq!(report["status"], "installed");
+    assert_eq!(report["installed"]["alpha"], "1.0");
+    assert_eq!(report["installed"]["odd-name"], "3.1");
+    // The import name comes from RECORD; top_level.txt's unimportable `wrapper` is not used.
+    assert_eq!(
+        report["modules"]["odd-name"],
+        serde_json::json!(["oddimport"])
+    );
+    assert_eq!(
+        report["modules"]["single"],
+        serde_json::json!(["single_mod"])
+    );
+    assert_eq!(w.installs(), 1);
+    assert!(w.state_path().is_file());
+
+    w.settle();
+    // The first call after the racy window re-checks the stamp without uv...
+    let second = w
+        .ensure(&["alpha>=1,<2", "Odd_Name", "postpkg", "single"])
+        .arg("--json")
+        .run()
+        .ok();
+    assert_eq!(second.status(), "revalidated");
+    // ...and from then on it is a pure hit: no uv, nothing printed.
+    let third = w
+        .ensure(&["alpha>=1,<2", "Odd_Name", "postpkg", "single"])
+        .run()
+        .ok();
+    assert_eq!(third.stdout, "");
+    assert_eq!(third.stderr, "");
+    let calls_before = std::fs::read_to_string(&w.uv_log).unwrap();
+    let fourth = w
+        .ensure(&["single", "postpkg", "odd-name", "alpha<2,>=1"])
+        .arg("--json")
+        .run()
+        .ok();
+    assert_eq!(
+        fourth.status(),
+        "hit",
+        "input order and spelling do not matter"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&w.uv_log).unwrap(),
+        calls_before,
+        "a hit runs no uv"
+    );
+    assert_eq!(w.installs(), 1);
+}
+
+#[test]
+fn changed_dependency_list_is_a_miss_that_installs() {
+    let w = World::new();
+    w.ensure(&["alpha<2"]).run().ok();
+    w.settle();
+    let run = w.ensure(&["alpha>=2"]).arg("--json").arg("-v").run().ok();
+    assert_eq!(run.status(), "installed");
+    assert_eq!(run.json()["installed"]["alpha"], "2.0");
+    assert!(
+        run.stderr.contains("dependency list changed"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("alpha>=2"), "{}", run.stderr);
+    assert_eq!(w.installs(), 2);
+}
+
+#[test]
+fn recreated_penv_is_a_miss() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let state = fs::read(w.state_path()).unwrap();
+    // Recreate the venv behind our back, keeping the old state file.
+    let out = std::process::Command::new(crate::support::real_uv())
+        .args(["venv", "--clear", "--python"])
+        .arg(crate::support::host_python())
+        .arg(&w.penv)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    fs::write(w.state_path(), state).unwrap();
+    w.settle();
+    let run = w.ensure(&["alpha"]).arg("--json").arg("-v").run().ok();
+    assert_eq!(run.status(), "installed");
+    assert!(
+        run.stderr.contains("changed behind penv-guard's back"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.installs(), 2);
+}
+
+#[test]
+fn package_uninstalled_behind_our_back_is_repaired() {
+    let w = World::new();
+    w.ensure(&["alpha", "postpkg"]).run().ok();
+    w.settle();
+    let out = std::process::Command::new(crate::support::real_uv())
+        .args(["pip", "uninstall", "--python"])
+        .arg(w.penv.join("bin/python"))
+        .arg("postpkg")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = w
+        .ensure(&["alpha", "postpkg"])
+        .arg("--json")
+        .arg("-v")
+        .run()
+        .ok();
+    assert_eq!(run.status(), "installed");
+    assert!(run.stderr.contains("site-packages"), "{}", run.stderr);
+    assert!(w.site_packages().join("postpkg/__init__.py").is_file());
+}
+
+#[test]
+fn post_release_satisfies_lower_bound_without_reinstall() {
+    let w = World::new();
+    w.ensure(&["postpkg>=1.0"]).run().ok();
+    w.settle();
+    w.ensure(&["postpkg>=1.0"]).run().ok();
+    let run = w.ensure(&["postpkg>=1.0"]).arg("--json").run().ok();
+    assert_eq!(run.status(), "hit");
+    assert_eq!(run.json()["installed"]["postpkg"], "1.0.post1");
+    assert_eq!(w.installs(), 1);
+}
+
+#[test]
+fn failing_import_exits_3_and_writes_no_state() {
+    let w = World::new();
+    let run = w.ensure(&["alpha", "broken"]).run().code(3);
+    assert!(run.stderr.contains("import broken"), "{}", run.stderr);
+    assert!(run.stderr.contains("broken on purpose"), "{}", run.stderr);
+    assert!(!w.state_path().exists());
+    // Still no state next time: the failure is not cached as success.
+    w.ensure(&["alpha", "broken"]).run().code(3);
+    assert!(!w.state_path().exists());
+}
+
+#[test]
+fn corrupt_state_files_are_misses_not_crashes() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let valid = fs::read_to_string(w.state_path()).unwrap();
+    for (label, content) in [
+        ("empty", String::new()),
+        ("truncated", valid[..valid.len() / 2].to_owned()),
+        ("not json", "\u{0}\u{1}garbage".to_owned()),
+        (
+            "unknown schema",
+            valid.replacen("\"schema\": 1", "\"schema\": 999", 1),
+        ),
+        (
+            "wrong types",
+            valid.replacen("\"installed\": {", "\"installed\": [1], \"x\": {", 1),
+        ),
+    ] {
+        fs::write(w.state_path(), &content).unwrap();
+        let run = w.ensure(&["alpha"]).arg("--json").arg("-v").run().ok();
+        assert_eq!(run.status(), "installed", "{label}");
+        assert!(run.stderr.contains("miss:"), "{label}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn offline_with_local_wheels_succeeds_and_without_them_exits_4() {
+    let w = World::new();
+    let run = w
+        .ensure(&["alpha", "needs-alpha"])
+        .arg("--offline")
+        .arg("--json")
+        .run()
+        .ok();
+    assert_eq!(run.status(), "installed");
+    assert!(w.uv_calls("--offline") >= 1, "uv was told to stay offline");
+
+    let run = w
+        .ensure(&["not-available-anywhere"])
+        .env("PLATFORMIO_OFFLINE", "1")
+        .run()
+        .code(4);
+    assert!(run.stderr.contains("offline"), "{}", run.stderr);
+    assert!(!w.state_path().exists());
+}
+
+#[test]
+fn offline_installs_what_the_uv_cache_already_holds() {
+    let w = World::new();
+    let server = Server::serve(&w.wheels);
+    let url = server.url.clone();
+    w.ensure(&["alpha<2"]).env("UV_FIND_LINKS", &url).run().ok();
+    drop(server);
+    // A fresh penv, the same uv cache, the package source gone: only the cache can satisfy it.
+    let w2 = World::new();
+    let run = w2
+        .ensure(&["alpha<2"])
+        .arg("--uv-cache-dir")
+        .arg(&w.cache)
+        .env("UV_FIND_LINKS", &url)
+        .env("PLATFORMIO_OFFLINE", "1")
+        .arg("--json")
+        .run()
+        .ok();
+    assert_eq!(run.json()["installed"]["alpha"], "1.0");
+    assert!(w2.uv_calls("--offline") >= 1);
+}
+
+#[test]
+fn url_requirement_to_a_local_wheel_installs() {
+    let w = World::new();
+    let wheel = Wheel::new("urlpkg", "0.5")
+        .module("urlpkg_mod", "")
+        .build(&w.dir.path().join("elsewhere"));
+    let url = format!("urlpkg @ file://{}", wheel.display());
+    let run = w.ensure(&[&url]).arg("--json").run().ok();
+    assert_eq!(run.json()["installed"]["urlpkg"], "0.5");
+    assert_eq!(
+        run.json()["modules"]["urlpkg"],
+        serde_json::json!(["urlpkg_mod"])
+    );
+}
+
+#[test]
+fn deps_json_like_pioarduino_python_deps() {
+    let w = World::new();
+    let json = w.dir.path().join("deps.json");
+    fs::write(
+        &json,
+        r#"{"alpha": ">=1.0,<2", "postpkg": ">=1.0", "Odd-Name": ""}"#,
+    )
+    .unwrap();
+    let run = w
+        .cmd("ensure")
+        .arg("--deps-json")
+        .arg(&json)
+        .arg("--json")
+        .run()
+        .ok();
+    assert_eq!(run.json()["installed"]["postpkg"], "1.0.post1");
+    let req = w.dir.path().join("requirements.txt");
+    fs::write(
+        &req,
+        "# same list\nalpha<2,>=1.0\npostpkg >= 1.0  # post release\n\nodd_name\n",
+    )
+    .unwrap();
+    w.settle();
+    w.cmd("ensure").arg("-r").arg(&req).run().ok();
+    let run = w.cmd("ensure").arg("-r").arg(&req).arg("--json").run().ok();
+    assert_eq!(
+        run.status(),
+        "hit",
+        "the same list from a requirements file is the same fingerprint"
+    );
+}
+
+#[test]
+fn transitive_requirements_are_installed_and_validated() {
+    let w = World::new();
+    let run = w.ensure(&["needs-alpha"]).arg("--json").run().ok();
+    assert_eq!(run.json()["installed"]["needs-alpha"], "1.0");
+    assert!(w.site_packages().join("alpha/__init__.py").is_file());
+}
+
+#[test]
+fn verify_reinstalls_and_validates_even_on_a_hit() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--verify")
+        .arg("--json")
+        .run()
+        .ok();
+    assert_eq!(run.status(), "installed");
+    assert_eq!(w.installs(), 2);
+}
+
+#[test]
+fn fingerprint_is_stable_and_matches_the_state() {
+    let w = World::new();
+    let before = w.cmd("fingerprint").arg("--dep").arg("alpha").run().ok();
+    let fp = before.stdout.trim().to_owned();
+    assert_eq!(fp.len(), 64);
+    let run = w.ensure(&["alpha"]).arg("--json").run().ok();
+    assert_eq!(
+        run.json()["fingerprint"],
+        fp.as_str(),
+        "the CI key predicts the penv's fingerprint"
+    );
+    let after = w.cmd("fingerprint").arg("--dep").arg("alpha").run().ok();
+    assert_eq!(after.stdout.trim(), fp);
+    let other = w.cmd("fingerprint").arg("--dep").arg("alpha>=1").run().ok();
+    assert_ne!(other.stdout.trim(), fp);
+}
+
+#[test]
+fn python_version_mismatch_recreates_the_penv() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let cfg = w.penv.join("pyvenv.cfg");
+    let text = fs::read_to_string(&cfg).unwrap();
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("version_info = "))
+        .unwrap()
+        .to_owned();
+    fs::write(&cfg, text.replace(&version, "2.7.18")).unwrap();
+    let run = w.ensure(&["alpha"]).arg("-v").arg("--json").run().ok();
+    assert!(run.stderr.contains("creating the penv"), "{}", run.stderr);
+    assert_eq!(run.json()["python_version"], version.as_str());
+    assert!(
+        w.penv.join(".penv-guard.lock").exists(),
+        "the lock file survives recreation"
+    );
+}

@@ -1,0 +1,8 @@
+//! One integration binary: every test runs the real `penv-guard` against real venvs made by the
+//! real uv, with tiny wheels built by the tests (no index, no network).
+
+mod support;
+
+mod cli;
+mod ensure;
+mod lock;

@@ -1,0 +1,375 @@
+//! The fixture builder: a temporary world with a penv path, a uv cache, a wheel directory that
+//! uv reads through `UV_FIND_LINKS` (with `UV_NO_INDEX`), and a logging shim in front of the real
+//! uv that records every call.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_penv-guard");
+
+/// The real uv: `$PENV_GUARD_TEST_UV`, `.tools/venv/bin/uv` (scripts/setup), or PATH.
+pub fn real_uv() -> PathBuf {
+    static UV: OnceLock<PathBuf> = OnceLock::new();
+    UV.get_or_init(|| {
+        if let Some(path) = std::env::var_os("PENV_GUARD_TEST_UV") {
+            return PathBuf::from(path);
+        }
+        let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/uv");
+        if tools.is_file() {
+            return tools;
+        }
+        which("uv").expect("no uv found: run scripts/setup (it installs uv into .tools/)")
+    })
+    .clone()
+}
+
+pub fn host_python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        // The real interpreter, not a pyenv shim: venvs and wheels build faster without it.
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 runs");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A wheel to build: `Wheel::new("alpha", "1.0").module("alpha", "X = 1")`.
+#[derive(Clone)]
+pub struct Wheel {
+    name: String,
+    version: String,
+    args: Vec<String>,
+}
+
+impl Wheel {
+    pub fn new(name: &str, version: &str) -> Wheel {
+        Wheel {
+            name: name.into(),
+            version: version.into(),
+            args: Vec::new(),
+        }
+    }
+
+    pub fn module(mut self, name: &str, source: &str) -> Wheel {
+        self.args.push(format!("--module={name}={source}"));
+        self
+    }
+
+    pub fn file(mut self, path: &str, source: &str) -> Wheel {
+        self.args.push(format!("--module-file={path}={source}"));
+        self
+    }
+
+    pub fn requires(mut self, spec: &str) -> Wheel {
+        self.args.push(format!("--requires={spec}"));
+        self
+    }
+
+    pub fn top_level(mut self, name: &str) -> Wheel {
+        self.args.push(format!("--top-level={name}"));
+        self
+    }
+
+    pub fn build(&self, out_dir: &Path) -> PathBuf {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_wheel.py");
+        let out = Command::new(host_python())
+            .arg(script)
+            .arg(out_dir)
+            .arg(&self.name)
+            .arg(&self.version)
+            .args(&self.args)
+            .output()
+            .expect("make_wheel.py runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    }
+}
+
+/// The standard wheels most tests use, with the odd cases pioarduino's list has.
+pub fn standard_wheels() -> Vec<Wheel> {
+    vec![
+        Wheel::new("alpha", "1.0").module("alpha", "VALUE = 1"),
+        Wheel::new("alpha", "2.0").module("alpha", "VALUE = 2"),
+        // Import name unlike the distribution name, and a top_level.txt naming something
+        // unimportable (fatfs-ng lists `wrapper`).
+        Wheel::new("Odd_Name", "3.1")
+            .module("oddimport", "")
+            .top_level("oddimport")
+            .top_level("wrapper"),
+        Wheel::new("postpkg", "1.0.post1").module("postpkg", ""),
+        Wheel::new("single", "1.0").file("single_mod.py", "X = 1"),
+        Wheel::new("needs-alpha", "1.0")
+            .module("needs_alpha", "import alpha")
+            .requires("alpha>=1.0"),
+        Wheel::new("broken", "1.0").module("broken", "raise ImportError('broken on purpose')"),
+    ]
+}
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub penv: PathBuf,
+    pub cache: PathBuf,
+    pub wheels: PathBuf,
+    pub shim: PathBuf,
+    pub uv_log: PathBuf,
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("penv-guard-test-")
+            .tempdir()
+            .unwrap();
+        let wheels = dir.path().join("wheels");
+        std::fs::create_dir_all(&wheels).unwrap();
+        for wheel in standard_wheels() {
+            wheel.build(&wheels);
+        }
+        let world = World {
+            penv: dir.path().join("core/penv"),
+            cache: dir.path().join("uv-cache"),
+            shim: dir.path().join("bin/uv"),
+            uv_log: dir.path().join("uv-calls.log"),
+            wheels,
+            dir,
+        };
+        world.write_shim("");
+        world
+    }
+
+    /// (Re)writes the logging shim; `extra` is shell run before the real uv (sleeps, faults).
+    pub fn write_shim(&self, extra: &str) {
+        std::fs::create_dir_all(self.shim.parent().unwrap()).unwrap();
+        let script = format!(
+            "#!/bin/sh\necho \"$$ start $(date +%s.%N) $*\" >> '{log}'\n{extra}\n'{uv}' \"$@\"\nrc=$?\necho \"$$ end $(date +%s.%N) rc=$rc\" >> '{log}'\nexit $rc\n",
+            log = self.uv_log.display(),
+            uv = real_uv().display(),
+        );
+        std::fs::write(&self.shim, script).unwrap();
+        set_executable(&self.shim);
+    }
+
+    /// `start` lines of the shim log whose arguments contain `needle`.
+    pub fn uv_calls(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.uv_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" start ") && l.contains(needle))
+            .count()
+    }
+
+    pub fn installs(&self) -> usize {
+        self.uv_calls("pip install")
+    }
+
+    pub fn cmd(&self, subcommand: &str) -> TestCommand {
+        let mut command = Command::new(BIN);
+        command
+            .arg(subcommand)
+            .arg("--penv")
+            .arg(&self.penv)
+            .arg("--uv")
+            .arg(&self.shim)
+            .arg("--python")
+            .arg(host_python())
+            .arg("--uv-cache-dir")
+            .arg(&self.cache)
+            .env("PLATFORMIO_CORE_DIR", self.dir.path().join("core"))
+            .env("UV_FIND_LINKS", &self.wheels)
+            .env("UV_NO_INDEX", "1")
+            .env("UV_PYTHON_DOWNLOADS", "never")
+            .env("UV_NO_CONFIG", "1")
+            .env_remove("PLATFORMIO_OFFLINE")
+            .env_remove("PENV_GUARD_LOCK_TIMEOUT")
+            .env_remove("PENV_GUARD_UV")
+            .env_remove("VIRTUAL_ENV");
+        TestCommand { command }
+    }
+
+    pub fn ensure(&self, deps: &[&str]) -> TestCommand {
+        let mut cmd = self.cmd("ensure");
+        for dep in deps {
+            cmd = cmd.arg("--dep").arg(dep);
+        }
+        cmd
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.penv.join(".penv-guard-state.json")
+    }
+
+    pub fn site_packages(&self) -> PathBuf {
+        let lib = self.penv.join("lib");
+        let python_dir = std::fs::read_dir(&lib)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("python"))
+            .unwrap();
+        python_dir.path().join("site-packages")
+    }
+
+    /// Waits until the recorded stamps are older than the racy window, so the next run can hit.
+    pub fn settle(&self) {
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+    }
+}
+
+pub fn set_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+pub struct TestCommand {
+    pub command: Command,
+}
+
+impl TestCommand {
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.command.arg(arg);
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
+        self.command.args(args);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn run(mut self) -> Run {
+        let output = self.command.output().expect("penv-guard runs");
+        Run::from(output)
+    }
+
+    pub fn spawn(mut self) -> std::process::Child {
+        self.command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("penv-guard starts")
+    }
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn code(self, expected: i32) -> Self {
+        assert_eq!(
+            self.code,
+            Some(expected),
+            "exit code\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        self.code(0)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let line = self.stdout.lines().last().unwrap_or_else(|| {
+            panic!("no JSON on stdout\nstderr: {}", self.stderr);
+        });
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON ({e}): {line}"))
+    }
+
+    pub fn status(&self) -> String {
+        self.json()["status"].as_str().unwrap().to_owned()
+    }
+
+    #[track_caller]
+    pub fn stderr_contains(self, needle: &str) -> Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks `{needle}`:\n{}",
+            self.stderr
+        );
+        self
+    }
+}
+
+/// A loopback HTTP server for `dir` (stopped on drop), for tests where uv must fetch and cache.
+pub struct Server {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn serve(dir: &Path) -> Server {
+        use std::io::BufRead as _;
+        let mut child = Command::new(host_python())
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "0",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let port = line
+            .split_whitespace()
+            .nth(5)
+            .expect("port in http.server banner");
+        Server {
+            child,
+            url: format!("http://127.0.0.1:{port}/"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
