@@ -60,6 +60,9 @@ pub struct DepArgs {
     /// JSON object {name: spec} like pioarduino's python_deps ('-' for stdin)
     #[arg(long, value_name = "FILE")]
     pub deps_json: Option<PathBuf>,
+    /// Also require esptool installed editable from this directory (pioarduino's tool-esptoolpy)
+    #[arg(long, value_name = "DIR")]
+    pub esptool_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -27,6 +27,7 @@ pub struct Context {
     pub explicit_python: Option<PathBuf>,
     pub host_python: Option<PathBuf>,
     pub cache_dir: PathBuf,
+    pub esptool_dir: Option<PathBuf>,
 }
 
 impl Context {
@@ -37,7 +38,22 @@ impl Context {
             Some(dir) => dir.clone(),
             None => penv::core_dir()?.join(".cache").join("uv"),
         };
+        let esptool_dir = match &dep_args.esptool_dir {
+            Some(dir) => Some(
+                std::fs::canonicalize(dir)
+                    .ok()
+                    .filter(|d| d.is_dir())
+                    .ok_or_else(|| {
+                        Error::Usage(format!(
+                            "--esptool-dir {} is not a directory",
+                            dir.display()
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Context {
+            esptool_dir,
             host_python: install::find_python(penv_args.python.as_deref()),
             explicit_python: penv_args.python.clone(),
             explicit_uv: penv_args.uv.clone(),
@@ -53,6 +69,14 @@ impl Context {
             &self.penv,
             self.explicit_python.as_deref(),
         )
+    }
+
+    fn requirements_txt(&self) -> String {
+        let mut text = self.deps.requirements_txt();
+        if let Some(dir) = &self.esptool_dir {
+            text.push_str(&format!("-e {}\n", dir.display()));
+        }
+        text
     }
 
     fn host_python_identity(&self) -> Option<(PathBuf, Option<Stamp>)> {
@@ -83,7 +107,11 @@ pub fn snapshot(ctx: &Context) -> Snapshot {
         uv: ctx.uv().as_deref().and_then(UvIdentity::of),
         os: std::env::consts::OS.to_owned(),
         arch: std::env::consts::ARCH.to_owned(),
-        extra: BTreeMap::new(),
+        extra: ctx
+            .esptool_dir
+            .iter()
+            .map(|dir| ("esptool_dir".to_owned(), dir.display().to_string()))
+            .collect(),
     };
     let stamp = PenvStamp::capture(
         &ctx.penv.pyvenv_cfg(),
@@ -471,6 +499,7 @@ struct Checked {
     python_version: String,
     installed: BTreeMap<String, String>,
     modules: BTreeMap<String, Vec<String>>,
+    facts: BTreeMap<String, String>,
 }
 
 impl Checked {
@@ -522,10 +551,36 @@ fn check_installed(ctx: &Context, snap: &Snapshot) -> Result<Checked> {
             penv::top_level_modules(&dist.dist_info),
         );
     }
+    let mut facts = BTreeMap::new();
+    if let Some(dir) = &ctx.esptool_dir {
+        let from_dir = dists.get("esptool").filter(|dist| {
+            penv::direct_url(&dist.dist_info)
+                .is_some_and(|d| d.editable && d.dir.as_deref() == Some(dir.as_path()))
+        });
+        let Some(esptool) = from_dir else {
+            return Err(Error::Install {
+                message: format!("esptool is not installed editable from {}", dir.display()),
+                tail: String::new(),
+            });
+        };
+        installed.insert("esptool".to_owned(), esptool.version.clone());
+        modules.insert(
+            "esptool".to_owned(),
+            penv::top_level_modules(&esptool.dist_info),
+        );
+        facts.insert("esptool_dir".to_owned(), dir.display().to_string());
+    }
+    if let Some(bundle) = dists
+        .get("certifi")
+        .and_then(|certifi| penv::recorded_file(&certifi.dist_info, "certifi/cacert.pem"))
+    {
+        facts.insert("certifi_bundle".to_owned(), bundle.display().to_string());
+    }
     Ok(Checked {
         python_version: python_version.clone(),
         installed,
         modules,
+        facts,
     })
 }
 
@@ -585,7 +640,7 @@ fn install_and_validate(
     let requirements_dir = tempfile::tempdir()
         .map_err(|e| Error::io("create a temporary directory in", &std::env::temp_dir(), e))?;
     let requirements_file = requirements_dir.path().join("requirements.txt");
-    std::fs::write(&requirements_file, ctx.deps.requirements_txt())
+    std::fs::write(&requirements_file, ctx.requirements_txt())
         .map_err(|e| Error::io("write", &requirements_file, e))?;
     install::pip_install(&InstallRequest {
         uv: &uv,
@@ -635,7 +690,7 @@ fn record(
         installed: checked.installed,
         modules: checked.modules,
         timings_ms: phases.ms.clone(),
-        facts: BTreeMap::new(),
+        facts: checked.facts,
     };
     state::store(&ctx.penv.state_path(), &state)?;
     Ok(state)

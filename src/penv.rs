@@ -220,12 +220,16 @@ pub fn top_level_modules(dist_info: &Path) -> Vec<String> {
     let mut modules: Vec<String> = fs::read_to_string(dist_info.join("RECORD"))
         .map(|text| modules_from_record(&text))
         .unwrap_or_default();
+    // An editable install's RECORD lists only its finder hook; its code lives elsewhere, so
+    // top_level.txt names are taken as they are.
+    let editable = direct_url(dist_info).is_some_and(|d| d.editable);
     if modules.is_empty() {
         if let Ok(text) = fs::read_to_string(dist_info.join("top_level.txt")) {
             modules = text
                 .lines()
                 .map(str::trim)
-                .filter(|name| is_module_name(name) && module_exists(site_packages, name))
+                .filter(|name| is_module_name(name))
+                .filter(|name| editable || module_exists(site_packages, name))
                 .map(str::to_owned)
                 .collect();
         }
@@ -233,6 +237,45 @@ pub fn top_level_modules(dist_info: &Path) -> Vec<String> {
     modules.sort();
     modules.dedup();
     modules
+}
+
+/// Where an installed distribution came from (PEP 610 `direct_url.json`): a local directory when
+/// the URL is `file://`, and whether it is an editable install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectUrl {
+    pub dir: Option<PathBuf>,
+    pub editable: bool,
+}
+
+pub fn direct_url(dist_info: &Path) -> Option<DirectUrl> {
+    let text = fs::read_to_string(dist_info.join("direct_url.json")).ok()?;
+    parse_direct_url(&text)
+}
+
+pub fn parse_direct_url(text: &str) -> Option<DirectUrl> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let url = value.get("url")?.as_str()?;
+    let editable = value
+        .pointer("/dir_info/editable")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let dir = pep508_rs::VerbatimUrl::parse_url(url)
+        .ok()
+        .filter(|u| u.scheme() == "file")
+        .and_then(|u| u.to_file_path().ok());
+    Some(DirectUrl { dir, editable })
+}
+
+/// A file a distribution installed, by its RECORD path (`certifi/cacert.pem`), if it exists.
+pub fn recorded_file(dist_info: &Path, relative: &str) -> Option<PathBuf> {
+    let record = fs::read_to_string(dist_info.join("RECORD")).ok()?;
+    let site_packages = dist_info.parent()?;
+    record
+        .lines()
+        .map(record_path)
+        .find(|path| *path == relative)
+        .map(|path| site_packages.join(path))
+        .filter(|path| path.is_file())
 }
 
 pub fn modules_from_record(text: &str) -> Vec<String> {
@@ -344,6 +387,28 @@ tests/__init__.py,,
     }
 
     #[test]
+    fn direct_url_of_an_editable_local_install() {
+        let parsed = parse_direct_url(
+            r#"{"url": "file:///opt/pio/packages/tool-esptoolpy%20x", "dir_info": {"editable": true}}"#,
+        )
+        .unwrap();
+        assert!(parsed.editable);
+        assert_eq!(
+            parsed.dir,
+            Some(PathBuf::from("/opt/pio/packages/tool-esptoolpy x"))
+        );
+        let remote = parse_direct_url(r#"{"url": "https://x/y.whl", "archive_info": {}}"#).unwrap();
+        assert_eq!(
+            remote,
+            DirectUrl {
+                dir: None,
+                editable: false
+            }
+        );
+        assert_eq!(parse_direct_url("{"), None);
+    }
+
+    #[test]
     fn names_normalize_per_pep_503() {
         assert_eq!(normalize_name("PyYAML"), "pyyaml");
         assert_eq!(normalize_name("littlefs_python"), "littlefs-python");
@@ -370,6 +435,7 @@ tests/__init__.py,,
         fn parsers_never_panic(text in "\\PC{0,300}") {
             let _ = PyvenvCfg::parse(&text);
             let _ = parse_metadata(&text);
+            let _ = parse_direct_url(&text);
             for module in modules_from_record(&text) {
                 prop_assert!(is_module_name(&module));
             }

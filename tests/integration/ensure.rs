@@ -329,3 +329,59 @@ fn python_version_mismatch_recreates_the_penv() {
         "the lock file survives recreation"
     );
 }
+
+#[test]
+fn esptool_editable_from_the_platform_dir_is_installed_checked_and_reported() {
+    let w = World::new();
+    let tool =
+        crate::support::editable_project(w.dir.path(), "esptool", "5.6.0", "VERSION = '5.6.0'");
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--esptool-dir")
+        .arg(&tool)
+        .arg("--json")
+        .run()
+        .ok();
+    let report = run.json();
+    assert_eq!(report["installed"]["esptool"], "5.6.0");
+    assert_eq!(report["modules"]["esptool"], serde_json::json!(["esptool"]));
+    assert_eq!(
+        report["facts"]["esptool_dir"],
+        tool.canonicalize().unwrap().to_str().unwrap()
+    );
+    // A different esptool dir is a different fingerprint: a miss that reinstalls from it.
+    let other = crate::support::editable_project(&w.dir.path().join("v2"), "esptool", "5.7.0", "");
+    w.settle();
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--esptool-dir")
+        .arg(&other)
+        .arg("--json")
+        .run()
+        .ok();
+    assert_eq!(run.status(), "installed");
+    assert_eq!(run.json()["installed"]["esptool"], "5.7.0");
+}
+
+#[test]
+fn certifi_bundle_path_is_answered_from_record_without_python() {
+    let w = World::new();
+    Wheel::new("certifi", "2026.10.18")
+        .module("certifi", "def where():\n    return __file__")
+        .file("certifi/cacert.pem", "-----BEGIN CERTIFICATE-----")
+        .build(&w.wheels);
+    let run = w.ensure(&["certifi>=2025.8.3"]).arg("--json").run().ok();
+    let bundle = w.site_packages().join("certifi/cacert.pem");
+    assert_eq!(
+        run.json()["facts"]["certifi_bundle"],
+        bundle.to_str().unwrap()
+    );
+    w.settle();
+    w.ensure(&["certifi>=2025.8.3"]).run().ok();
+    let hit = w.ensure(&["certifi>=2025.8.3"]).arg("--json").run().ok();
+    assert_eq!(hit.status(), "hit");
+    assert_eq!(
+        hit.json()["facts"]["certifi_bundle"],
+        bundle.to_str().unwrap()
+    );
+}

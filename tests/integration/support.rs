@@ -373,3 +373,25 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A source tree installable with `uv pip install -e DIR` without any index: the packages are
+/// built by `tests/fixtures/inplace_backend.py`. Returns the tree's path.
+pub fn editable_project(parent: &Path, name: &str, version: &str, module_source: &str) -> PathBuf {
+    let dir = parent.join(format!("tool-{name}"));
+    let package = dir.join(name.replace('-', "_"));
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(package.join("__init__.py"), module_source).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inplace_backend.py"),
+        dir.join("inplace_backend.py"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pyproject.toml"),
+        format!(
+            "[build-system]\nrequires = []\nbuild-backend = \"inplace_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"{name}\"\nversion = \"{version}\"\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
