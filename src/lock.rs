@@ -42,7 +42,11 @@ impl Holder {
     fn current() -> Holder {
         Holder {
             pid: std::process::id(),
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            // args_os: a non-UTF-8 argument (a --penv path) must not panic here.
+            command: std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
             since_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

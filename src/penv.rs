@@ -25,6 +25,12 @@ impl Penv {
             None => core_dir()?.join("penv"),
         };
         let root = std::path::absolute(&root).map_err(|e| Error::io("resolve", &root, e))?;
+        if root.to_str().is_none() {
+            return Err(Error::Usage(format!(
+                "--penv {} is not valid UTF-8, and uv cannot create or use a venv there",
+                root.display()
+            )));
+        }
         if root.exists() && !root.is_dir() {
             return Err(Error::Usage(format!(
                 "--penv {} is not a directory",

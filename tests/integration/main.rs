@@ -6,3 +6,5 @@ mod support;
 mod cli;
 mod ensure;
 mod lock;
+mod reliability;
+

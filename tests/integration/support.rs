@@ -395,3 +395,10 @@ pub fn editable_project(parent: &Path, name: &str, version: &str, module_source:
     .unwrap();
     dir
 }
+
+impl TestCommand {
+    pub fn run_in(mut self, dir: &Path) -> Run {
+        self.command.current_dir(dir);
+        self.run()
+    }
+}
