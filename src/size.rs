@@ -1755,6 +1755,67 @@ mod tests {
         assert_eq!(project_totals(&rows), (1700, 1700));
     }
 
+    #[test]
+    fn cached_summary_and_report_read_the_cache_without_walking() {
+        let (tmp, env) = env_dir();
+        let project_dir = tmp.path();
+        fs::write(
+            project_dir.join("platformio.ini"),
+            "[env:esp32dev]\n[env:other]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cached_summary(project_dir, "esp32dev"),
+            None,
+            "no cache yet"
+        );
+        let report = cached_report(project_dir).unwrap();
+        assert_eq!(report["envs"][0]["state"], "unsized");
+        assert_eq!(report["envs"][0]["apparent_bytes"], Value::Null);
+        assert_eq!(report["envs"][1]["state"], "missing");
+
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for path in [
+            env.join("src/main.o"),
+            env.join("src"),
+            env.join("firmware.elf"),
+            env.join(".sconsign311.dblite"),
+            env.clone(),
+        ] {
+            set_mtime(&path, hour_ago);
+        }
+        let args = SizeArgs {
+            project_dir: project_dir.to_path_buf(),
+            env: Vec::new(),
+            refresh: false,
+            json: true,
+        };
+        run(&args).unwrap();
+        let summary = cached_summary(project_dir, "esp32dev").unwrap();
+        assert_eq!(
+            summary,
+            "build size of env esp32dev: 5.2 KiB (cached just now)"
+        );
+        assert_eq!(cached_summary(project_dir, "other"), None);
+        assert_eq!(cached_summary(project_dir, "nope"), None);
+        let report = cached_report(project_dir).unwrap();
+        let first = &report["envs"][0];
+        assert_eq!(first["state"], "fresh");
+        assert_eq!(first["walked"], false);
+        assert_eq!(first["apparent_bytes"], 5302);
+        assert_eq!(report["total_apparent_bytes"], 5302);
+
+        fs::remove_file(env.join("firmware.elf")).unwrap();
+        let report = cached_report(project_dir).unwrap();
+        assert_eq!(report["envs"][0]["state"], "stale");
+        assert_eq!(
+            report["envs"][0]["apparent_bytes"], 5302,
+            "still the cached number"
+        );
+        assert!(cached_summary(project_dir, "esp32dev").is_some());
+        assert_eq!(cached_summary(&project_dir.join("gone"), "esp32dev"), None);
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_cache_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {

@@ -7,4 +7,4 @@ mod cli;
 mod ensure;
 mod lock;
 mod reliability;
-
+mod size;
