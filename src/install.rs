@@ -15,12 +15,13 @@ use crate::penv::Penv;
 const TAIL_LINES: usize = 25;
 
 /// uv in this order: `--uv`, `$PENV_GUARD_UV`, the penv's own uv, next to `--python`, PATH.
+/// Paths are made absolute: the fingerprint must not depend on the working directory.
 pub fn find_uv(explicit: Option<&Path>, penv: &Penv, python: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = explicit {
-        return Some(path.to_path_buf());
+        return Some(absolute(path));
     }
     if let Some(path) = std::env::var_os("PENV_GUARD_UV").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path));
+        return Some(absolute(Path::new(&path)));
     }
     let exe = if cfg!(windows) { "uv.exe" } else { "uv" };
     let beside_python = python
@@ -37,10 +38,14 @@ pub fn find_uv(explicit: Option<&Path>, penv: &Penv, python: Option<&Path>) -> O
 /// `--python`, else `python3` (`python` on Windows) on PATH. `None` when there is none.
 pub fn find_python(explicit: Option<&Path>) -> Option<PathBuf> {
     match explicit {
-        Some(path) if path.components().count() > 1 => Some(path.to_path_buf()),
+        Some(path) if path.components().count() > 1 => Some(absolute(path)),
         Some(name) => which::which(name).ok(),
         None => which::which(if cfg!(windows) { "python" } else { "python3" }).ok(),
     }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 pub struct Captured {

@@ -385,3 +385,20 @@ fn certifi_bundle_path_is_answered_from_record_without_python() {
         bundle.to_str().unwrap()
     );
 }
+
+#[test]
+fn regression_relative_uv_path_is_the_same_uv_as_its_absolute_path() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    w.settle();
+    w.ensure(&["alpha"]).run().ok();
+    let relative = w.shim.strip_prefix(w.dir.path()).unwrap();
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--uv")
+        .arg(relative)
+        .arg("--json")
+        .run_in(w.dir.path())
+        .ok();
+    assert_eq!(run.status(), "hit", "{}", run.stderr);
+}
