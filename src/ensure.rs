@@ -487,6 +487,7 @@ fn revalidate(
     phases.end("validate");
     let state = record(
         ctx,
+        Some(old.install_timings_ms.clone()),
         old.host_python.clone(),
         old.uv_version.clone(),
         checked,
@@ -658,7 +659,7 @@ fn install_and_validate(
     validate::validate_imports(&ctx.penv.python(), &checked.import_pairs(), timeout)?;
     phases.end("validate");
     let uv_version = install::uv_version(&uv);
-    let state = record(ctx, host, uv_version, checked, phases)?;
+    let state = record(ctx, None, host, uv_version, checked, phases)?;
     say(&format!(
         "installed and validated {} distributions in {:.2}s",
         state.installed.len(),
@@ -668,8 +669,10 @@ fn install_and_validate(
 }
 
 /// Writes the state for the penv as it is now. Only called after validation passed.
+/// `install_timings` is `None` when this run installed (its own phases are the install's).
 fn record(
     ctx: &Context,
+    install_timings: Option<BTreeMap<String, f64>>,
     host_python: Option<HostPython>,
     uv_version: Option<String>,
     checked: Checked,
@@ -689,6 +692,7 @@ fn record(
         uv_version,
         installed: checked.installed,
         modules: checked.modules,
+        install_timings_ms: install_timings.unwrap_or_else(|| phases.ms.clone()),
         timings_ms: phases.ms.clone(),
         facts: checked.facts,
     };

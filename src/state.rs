@@ -195,8 +195,11 @@ pub struct State {
     pub installed: BTreeMap<String, String>,
     /// Normalized name → validated top-level modules.
     pub modules: BTreeMap<String, Vec<String>>,
-    /// Phase → milliseconds, of the run that wrote this state.
+    /// Phase → milliseconds, of the run that wrote this state (an install or a revalidation).
     pub timings_ms: BTreeMap<String, f64>,
+    /// Phase → milliseconds of the last install; a revalidation carries it over.
+    #[serde(default)]
+    pub install_timings_ms: BTreeMap<String, f64>,
     #[serde(default)]
     pub facts: BTreeMap<String, String>,
 }
@@ -333,6 +336,7 @@ mod tests {
             installed: BTreeMap::from([("rich".into(), "15.0.0".into())]),
             modules: BTreeMap::from([("rich".into(), vec!["rich".into()])]),
             timings_ms: BTreeMap::from([("install".into(), 12.5)]),
+            install_timings_ms: BTreeMap::from([("install".into(), 12.5)]),
             facts: BTreeMap::new(),
         }
     }

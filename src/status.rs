@@ -1,8 +1,478 @@
-//! `penv-guard status` (not built yet).
+//! `penv-guard status`: what `ensure` would decide now and why, read from files. It never
+//! installs, never waits for the lock (it only probes it), and exits 0 whatever it finds; only
+//! bad input (exit 2) fails it.
+//!
+//! `--json` prints one object of this stable shape (schema 1; fields are only ever added):
+//! ```text
+//! { "schema": 1,
+//!   "penv":        { "path", "exists", "python", "python_version" },
+//!   "host_python": { "path", "version" } | null,
+//!   "uv":          { "path", "recorded_version" } | null,
+//!   "state":       { "path", "condition": "valid"|"missing"|"corrupt"|"unknown_schema",
+//!                    "detail", "age_seconds", "recorded_at_unix" },
+//!   "verdict":     { "result": "hit"|"miss", "reason": {"kind", ...} | null, "message" },
+//!   "dependencies": [ { "requirement", "name", "origin", "applies", "installed", "satisfied",
+//!                       "modules" } ],
+//!   "lock":        { "path", "state": "free"|"held"|"unsupported", "holder", "detail" },
+//!   "last_install": { "timings_ms", "uv_version", "installed_count" } | null,
+//!   "last_write":  { "timings_ms" } | null   (the run that wrote the state: install or re-check),
+//!   "build_sizes": <the `size` cache, as `size --json` reports it> | null,
+//!   "uv_cache":    { "path", "exists", "apparent_bytes", "allocated_bytes", "files" },
+//!   "hints":       [ "..." ] }
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
 
 use crate::cli::StatusArgs;
-use crate::error::{Error, Result};
+use crate::ensure::{self, Context, MissReason, Verdict};
+use crate::error::Result;
+use crate::lock::{self, Holder};
+use crate::penv;
+use crate::state::{self, Loaded};
 
-pub fn run(_args: &StatusArgs) -> Result<()> {
-    Err(Error::Usage("`penv-guard status` is not built yet".into()))
+#[derive(Serialize)]
+struct Report {
+    schema: u32,
+    penv: PenvReport,
+    host_python: Option<HostReport>,
+    uv: Option<UvReport>,
+    state: StateReport,
+    verdict: VerdictReport,
+    dependencies: Vec<DepReport>,
+    lock: LockReport,
+    last_install: Option<LastInstall>,
+    last_write: Option<LastWrite>,
+    build_sizes: Option<serde_json::Value>,
+    uv_cache: UvCacheReport,
+    hints: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct PenvReport {
+    path: PathBuf,
+    exists: bool,
+    python: PathBuf,
+    python_version: Option<String>,
+}
+
+#[derive(Serialize)]
+struct HostReport {
+    path: PathBuf,
+    version: Option<String>,
+}
+
+#[derive(Serialize)]
+struct UvReport {
+    path: PathBuf,
+    recorded_version: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StateReport {
+    path: PathBuf,
+    condition: &'static str,
+    detail: Option<String>,
+    age_seconds: Option<f64>,
+    recorded_at_unix: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct VerdictReport {
+    result: &'static str,
+    reason: Option<MissReason>,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct DepReport {
+    requirement: String,
+    name: String,
+    origin: String,
+    applies: bool,
+    installed: Option<String>,
+    satisfied: bool,
+    modules: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct LockReport {
+    path: PathBuf,
+    state: &'static str,
+    holder: Option<Holder>,
+    detail: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LastInstall {
+    timings_ms: std::collections::BTreeMap<String, f64>,
+    uv_version: Option<String>,
+    installed_count: usize,
+}
+
+#[derive(Serialize)]
+struct LastWrite {
+    timings_ms: std::collections::BTreeMap<String, f64>,
+}
+
+#[derive(Serialize)]
+struct UvCacheReport {
+    path: PathBuf,
+    exists: bool,
+    apparent_bytes: Option<u64>,
+    allocated_bytes: Option<u64>,
+    files: Option<u64>,
+}
+
+pub fn run(args: &StatusArgs) -> Result<()> {
+    let ctx = Context::resolve(&args.penv, &args.deps)?;
+    let snap = ensure::snapshot(&ctx);
+    let loaded = state::load(&ctx.penv.state_path());
+    let recorded = match &loaded {
+        Loaded::Valid(state) => Some(state.as_ref()),
+        _ => None,
+    };
+
+    let verdict = match ensure::decide(&ctx, &snap) {
+        Verdict::Hit(_) => VerdictReport {
+            result: "hit",
+            reason: None,
+            message: "satisfied: `ensure` would exit 0 at once (no lock, no subprocess)".into(),
+        },
+        Verdict::Miss(reason, _) => VerdictReport {
+            result: "miss",
+            message: match reason {
+                MissReason::RacyStamp { .. } => format!(
+                    "miss: {reason}; `ensure` would lock the penv and re-check imports (no uv)"
+                ),
+                _ => format!("miss: {reason}; `ensure` would lock the penv and install"),
+            },
+            reason: Some(reason),
+        },
+    };
+
+    let state_report = match &loaded {
+        Loaded::Missing => state_report(&ctx, "missing", None, None),
+        Loaded::Corrupt(detail) => state_report(&ctx, "corrupt", Some(detail.clone()), None),
+        Loaded::UnknownSchema(n) => {
+            state_report(&ctx, "unknown_schema", Some(format!("schema {n}")), None)
+        }
+        Loaded::Valid(state) => state_report(&ctx, "valid", None, Some(state.recorded_at_ns)),
+    };
+
+    let dependencies = dependency_table(
+        &ctx,
+        snap.python_version.as_deref(),
+        snap.site_packages.as_deref(),
+    );
+
+    let lock = match lock::probe(&ctx.penv.lock_path(), &ctx.penv.holder_path()) {
+        lock::Probe::Free => ("free", None, None),
+        lock::Probe::Held(holder) => ("held", holder, None),
+        lock::Probe::Unsupported(e) => ("unsupported", None, Some(e.to_string())),
+    };
+
+    let host_python = ctx.host_python.as_ref().map(|path| {
+        let recorded_version = recorded
+            .and_then(|s| s.host_python.as_ref())
+            .filter(|h| &h.path == path && h.stamp == state::Stamp::of(path))
+            .map(|h| h.version.clone());
+        let version = recorded_version.or_else(|| {
+            crate::install::query_python(path, Duration::from_secs(10))
+                .ok()
+                .map(|(v, _)| v)
+        });
+        HostReport {
+            path: path.clone(),
+            version,
+        }
+    });
+
+    let uv = ctx.uv().map(|path| UvReport {
+        path,
+        recorded_version: recorded.and_then(|s| s.uv_version.clone()),
+    });
+
+    let uv_cache = {
+        let exists = ctx.cache_dir.is_dir();
+        let totals = exists.then(|| crate::size::walk(&ctx.cache_dir));
+        UvCacheReport {
+            path: ctx.cache_dir.clone(),
+            exists,
+            apparent_bytes: totals.as_ref().map(|t| t.apparent),
+            allocated_bytes: totals.as_ref().map(|t| t.allocated),
+            files: totals.as_ref().map(|t| t.files),
+        }
+    };
+
+    let mut hints = Vec::new();
+    if std::env::var("PLATFORMIO_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0") {
+        hints.push("PLATFORMIO_OFFLINE is set: installs use only the local uv cache".to_owned());
+    }
+    if uv.is_none() {
+        hints.push("no uv found: install it with `pip install uv` or pass --uv".to_owned());
+    }
+    if let (Some(host), Some(penv_version)) = (
+        host_python.as_ref().and_then(|h| h.version.as_deref()),
+        snap.python_version.as_deref(),
+    ) {
+        if penv::major_minor(host) != penv::major_minor(penv_version) {
+            hints.push(format!(
+                "the penv has Python {penv_version} but the host Python is {host}: \
+                 `ensure` will recreate the penv"
+            ));
+        }
+    }
+    if let Some(unsatisfied) = dependencies.iter().find(|d| d.applies && !d.satisfied) {
+        hints.push(format!(
+            "`{}` is not satisfied (installed: {}): `ensure` will install it",
+            unsatisfied.requirement,
+            unsatisfied.installed.as_deref().unwrap_or("nothing")
+        ));
+    }
+    if let Some(MissReason::RacyStamp { .. }) = &verdict.reason {
+        hints.push(
+            "the last install was under 2 s before it was recorded; the next `ensure` re-checks \
+             imports once (no uv) and then hits"
+                .to_owned(),
+        );
+    }
+
+    let report = Report {
+        schema: 1,
+        penv: PenvReport {
+            exists: ctx.penv.root.is_dir(),
+            python: ctx.penv.python(),
+            python_version: snap.python_version.clone(),
+            path: ctx.penv.root.clone(),
+        },
+        host_python,
+        uv,
+        state: state_report,
+        verdict,
+        dependencies,
+        lock: LockReport {
+            path: ctx.penv.lock_path(),
+            state: lock.0,
+            holder: lock.1,
+            detail: lock.2,
+        },
+        last_install: recorded.map(|s| LastInstall {
+            timings_ms: s.install_timings_ms.clone(),
+            uv_version: s.uv_version.clone(),
+            installed_count: s.installed.len(),
+        }),
+        last_write: recorded.map(|s| LastWrite {
+            timings_ms: s.timings_ms.clone(),
+        }),
+        build_sizes: args
+            .project_dir
+            .as_deref()
+            .and_then(crate::size::cached_report),
+        uv_cache,
+        hints,
+    };
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        print_human(&report);
+    }
+    Ok(())
+}
+
+fn state_report(
+    ctx: &Context,
+    condition: &'static str,
+    detail: Option<String>,
+    recorded_at_ns: Option<i64>,
+) -> StateReport {
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = |ns: i64| ns as f64 / 1e9;
+    StateReport {
+        path: ctx.penv.state_path(),
+        condition,
+        detail,
+        age_seconds: recorded_at_ns.map(|at| seconds(state::now_ns() - at)),
+        recorded_at_unix: recorded_at_ns.map(seconds),
+    }
+}
+
+fn dependency_table(
+    ctx: &Context,
+    python_version: Option<&str>,
+    site_packages: Option<&std::path::Path>,
+) -> Vec<DepReport> {
+    let dists = site_packages
+        .map(penv::installed_distributions)
+        .unwrap_or_default();
+    ctx.deps
+        .iter()
+        .map(|dep| {
+            let dist = dists.get(dep.name());
+            let applies = python_version.is_none_or(|v| dep.applies_to(v));
+            DepReport {
+                requirement: dep.canonical.clone(),
+                name: dep.name().to_owned(),
+                origin: dep.origin.clone(),
+                applies,
+                installed: dist.map(|d| d.version.clone()),
+                satisfied: !applies || dist.is_some_and(|d| dep.satisfied_by(&d.version)),
+                modules: dist
+                    .map(|d| penv::top_level_modules(&d.dist_info))
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+fn print_human(r: &Report) {
+    println!("penv          {}", r.penv.path.display());
+    match (&r.penv.exists, &r.penv.python_version) {
+        (true, Some(v)) => println!("python        {v} ({})", r.penv.python.display()),
+        (true, None) => println!("python        unknown (no version in pyvenv.cfg)"),
+        (false, _) => println!("python        (the penv does not exist)"),
+    }
+    if let Some(host) = &r.host_python {
+        println!(
+            "host python   {} ({})",
+            host.version.as_deref().unwrap_or("?"),
+            host.path.display()
+        );
+    }
+    match &r.uv {
+        Some(uv) => println!(
+            "uv            {} ({})",
+            uv.recorded_version
+                .as_deref()
+                .unwrap_or("version not recorded yet"),
+            uv.path.display()
+        ),
+        None => println!("uv            not found"),
+    }
+    let age = r
+        .state
+        .age_seconds
+        .map(|a| format!(", recorded {} ago", human_age(a)))
+        .unwrap_or_default();
+    let detail = r
+        .state
+        .detail
+        .as_deref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default();
+    println!(
+        "state         {}{detail}{age} ({})",
+        r.state.condition,
+        r.state.path.display()
+    );
+    println!("verdict       {}", r.verdict.message);
+    match (r.lock.state, &r.lock.holder) {
+        ("held", holder) => println!(
+            "lock          held by {}",
+            Holder::describe(holder.as_ref())
+        ),
+        ("unsupported", _) => println!(
+            "lock          unsupported here: {}",
+            r.lock.detail.as_deref().unwrap_or("")
+        ),
+        _ => println!("lock          free"),
+    }
+    if let Some(last) = &r.last_install {
+        let phases: Vec<String> = last
+            .timings_ms
+            .iter()
+            .map(|(phase, ms)| format!("{phase} {ms:.0} ms"))
+            .collect();
+        println!("last install  {}", phases.join(", "));
+    }
+    println!();
+    println!(
+        "{:<40} {:<16} {:<4} modules",
+        "requirement", "installed", "ok"
+    );
+    for dep in &r.dependencies {
+        let ok = match (dep.applies, dep.satisfied) {
+            (false, _) => "n/a",
+            (true, true) => "yes",
+            (true, false) => "NO",
+        };
+        println!(
+            "{:<40} {:<16} {:<4} {}",
+            dep.requirement,
+            dep.installed.as_deref().unwrap_or("-"),
+            ok,
+            dep.modules.join(", ")
+        );
+    }
+    println!();
+    if let (Some(apparent), Some(files)) = (r.uv_cache.apparent_bytes, r.uv_cache.files) {
+        println!(
+            "uv cache      {} in {files} files ({})",
+            human_bytes(apparent),
+            r.uv_cache.path.display()
+        );
+    } else {
+        println!("uv cache      (none at {})", r.uv_cache.path.display());
+    }
+    if let Some(sizes) = &r.build_sizes {
+        if let Some(envs) = sizes.get("envs").and_then(serde_json::Value::as_array) {
+            for env in envs {
+                let name = env
+                    .get("name")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("?");
+                let bytes = env
+                    .get("apparent_bytes")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                println!("build size    {name}: {} (cached)", human_bytes(bytes));
+            }
+        }
+    }
+    for hint in &r.hints {
+        println!("hint          {hint}");
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn human_age(seconds: f64) -> String {
+    match seconds {
+        s if s < 120.0 => format!("{s:.0}s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.0} h", s / 3600.0),
+        s => format!("{:.0} days", s / 86400.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_uses_binary_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
+    }
 }

@@ -6,5 +6,7 @@ mod support;
 mod cli;
 mod ensure;
 mod lock;
+mod pio;
 mod reliability;
 mod size;
+mod status;

@@ -1,0 +1,192 @@
+use std::fs;
+
+use crate::support::World;
+
+fn status(w: &World, deps: &[&str]) -> serde_json::Value {
+    let mut cmd = w.cmd("status").arg("--json");
+    for dep in deps {
+        cmd = cmd.arg("--dep").arg(dep);
+    }
+    let run = cmd.run().ok();
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+fn reason(report: &serde_json::Value) -> String {
+    report["verdict"]["reason"]["kind"]
+        .as_str()
+        .unwrap_or("none")
+        .to_owned()
+}
+
+#[test]
+fn status_explains_each_miss_reason() {
+    let w = World::new();
+    assert_eq!(reason(&status(&w, &["alpha"])), "no_penv");
+
+    w.ensure(&["alpha<2", "postpkg>=1.0"]).run().ok();
+    let report = status(&w, &["alpha<2", "postpkg>=1.0"]);
+    assert_eq!(
+        reason(&report),
+        "racy_stamp",
+        "just recorded: not trusted yet"
+    );
+    w.settle();
+    w.ensure(&["alpha<2", "postpkg>=1.0"]).run().ok();
+    let report = status(&w, &["alpha<2", "postpkg>=1.0"]);
+    assert_eq!(report["verdict"]["result"], "hit");
+    assert_eq!(report["state"]["condition"], "valid");
+    assert_eq!(
+        report["uv"]["recorded_version"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .next(),
+        Some("uv")
+    );
+    assert!(
+        report["last_install"]["timings_ms"]["install"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    let report = status(&w, &["alpha<2", "postpkg>=1.0", "single"]);
+    assert_eq!(reason(&report), "deps_changed");
+    assert_eq!(
+        report["verdict"]["reason"]["added"],
+        serde_json::json!(["single"])
+    );
+
+    let other_uv = w.dir.path().join("bin2/uv");
+    fs::create_dir_all(other_uv.parent().unwrap()).unwrap();
+    fs::copy(&w.shim, &other_uv).unwrap();
+    let run = w
+        .cmd("status")
+        .arg("--json")
+        .args(["--dep", "alpha<2", "--dep", "postpkg>=1.0", "--uv"])
+        .arg(&other_uv)
+        .run()
+        .ok();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(reason(&report), "uv_changed");
+
+    let python_link = w.dir.path().join("py/python3");
+    fs::create_dir_all(python_link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(crate::support::host_python(), &python_link).unwrap();
+    let run = w
+        .cmd("status")
+        .arg("--json")
+        .args(["--dep", "alpha<2", "--dep", "postpkg>=1.0", "--python"])
+        .arg(&python_link)
+        .run()
+        .ok();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(reason(&report), "host_python_changed");
+
+    let state = w.state_path();
+    let valid = fs::read_to_string(&state).unwrap();
+    fs::write(&state, &valid[..20]).unwrap();
+    assert_eq!(
+        reason(&status(&w, &["alpha<2", "postpkg>=1.0"])),
+        "corrupt_state"
+    );
+    fs::write(&state, valid.replacen("\"schema\": 1", "\"schema\": 7", 1)).unwrap();
+    let report = status(&w, &["alpha<2", "postpkg>=1.0"]);
+    assert_eq!(reason(&report), "unknown_schema");
+    assert_eq!(report["state"]["condition"], "unknown_schema");
+    fs::remove_file(&state).unwrap();
+    assert_eq!(
+        reason(&status(&w, &["alpha<2", "postpkg>=1.0"])),
+        "no_state"
+    );
+    fs::write(&state, &valid).unwrap();
+    assert_eq!(
+        status(&w, &["alpha<2", "postpkg>=1.0"])["verdict"]["result"],
+        "hit"
+    );
+
+    fs::write(w.site_packages().join("stray.py"), "").unwrap();
+    let report = status(&w, &["alpha<2", "postpkg>=1.0"]);
+    assert_eq!(reason(&report), "stamp_changed");
+    assert_eq!(
+        report["verdict"]["reason"]["parts"],
+        serde_json::json!(["site-packages"])
+    );
+
+    let cfg = w.penv.join("pyvenv.cfg");
+    let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(&cfg, text.replace("version_info = 3.", "version_info = 2.")).unwrap();
+    let report = status(&w, &["alpha<2", "postpkg>=1.0"]);
+    assert_eq!(reason(&report), "python_changed");
+    assert!(
+        report["hints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h.as_str().unwrap().contains("recreate")),
+        "{report}"
+    );
+}
+
+#[test]
+fn status_dependency_table_uses_pep_440() {
+    let w = World::new();
+    w.ensure(&["alpha<2", "postpkg>=1.0", "Odd_Name"])
+        .run()
+        .ok();
+    let report = status(&w, &["alpha>=2", "postpkg>=1.0", "Odd_Name"]);
+    let deps = report["dependencies"].as_array().unwrap();
+    let by_name = |n: &str| deps.iter().find(|d| d["name"] == n).unwrap().clone();
+    assert_eq!(by_name("postpkg")["installed"], "1.0.post1");
+    assert_eq!(
+        by_name("postpkg")["satisfied"],
+        true,
+        "1.0.post1 satisfies >=1.0"
+    );
+    assert_eq!(by_name("alpha")["installed"], "1.0");
+    assert_eq!(by_name("alpha")["satisfied"], false);
+    assert_eq!(
+        by_name("odd-name")["modules"],
+        serde_json::json!(["oddimport"])
+    );
+    assert!(report["uv_cache"]["files"].as_u64().unwrap() > 0);
+    // Human output names the same things, and status never installs.
+    let human = w.cmd("status").args(["--dep", "alpha>=2"]).run().ok();
+    assert!(human.stdout.contains("alpha>=2"), "{}", human.stdout);
+    assert!(human.stdout.contains("NO"), "{}", human.stdout);
+    assert_eq!(w.installs(), 1);
+}
+
+#[test]
+fn status_reports_a_held_lock_with_its_holder_and_does_not_wait() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(w.penv.join(".penv-guard.lock"))
+        .unwrap();
+    file.try_lock().unwrap();
+    fs::write(
+        w.penv.join(".penv-guard.holder"),
+        r#"{"pid": 777, "command": "esphome compile kitchen.yaml", "since_unix": 1}"#,
+    )
+    .unwrap();
+    let report = status(&w, &["alpha"]);
+    assert_eq!(report["lock"]["state"], "held");
+    assert_eq!(report["lock"]["holder"]["pid"], 777);
+    let human = w.cmd("status").args(["--dep", "alpha"]).run().ok();
+    assert!(human.stdout.contains("held by pid 777"), "{}", human.stdout);
+    drop(file);
+    assert_eq!(status(&w, &["alpha"])["lock"]["state"], "free");
+}
+
+#[test]
+fn status_bad_input_exits_2() {
+    let w = World::new();
+    w.cmd("status").args(["--dep", "((("]).run().code(2);
+    let file = w.dir.path().join("a-file");
+    fs::write(&file, "").unwrap();
+    let run = w.cmd("status").arg("--penv").arg(&file).run().code(2);
+    assert!(run.stderr.contains("a-file"), "{}", run.stderr);
+}
