@@ -402,3 +402,50 @@ fn regression_relative_uv_path_is_the_same_uv_as_its_absolute_path() {
         .ok();
     assert_eq!(run.status(), "hit", "{}", run.stderr);
 }
+
+#[test]
+fn ensure_with_project_and_env_prints_the_cached_build_size_line() {
+    let w = World::new();
+    let project = w.dir.path().join("project");
+    fs::create_dir_all(project.join(".pio/build/esp32dev")).unwrap();
+    fs::write(
+        project.join("platformio.ini"),
+        "[env:esp32dev]\nplatform = x\n",
+    )
+    .unwrap();
+    fs::write(
+        project.join(".pio/build/esp32dev/firmware.bin"),
+        vec![0u8; 3 * 1024 * 1024],
+    )
+    .unwrap();
+    let size = std::process::Command::new(crate::support::BIN)
+        .args(["size", "--json", "--project-dir"])
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert!(size.status.success());
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--project-dir")
+        .arg(&project)
+        .args(["--env", "esp32dev"])
+        .run()
+        .ok();
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("esp32dev"))
+        .unwrap_or_else(|| {
+            panic!("no build size line: {}", run.stderr);
+        });
+    assert!(line.contains("3.0 MiB"), "{line}");
+    // Size bookkeeping never fails an ensure: an unknown project only loses the line.
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--project-dir")
+        .arg(w.dir.path().join("nowhere"))
+        .args(["--env", "x"])
+        .run()
+        .ok();
+    assert!(!run.stderr.contains("error"), "{}", run.stderr);
+}
