@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod ensure;
 mod lock;
+mod packaging;
 mod pio;
 mod reliability;
 mod size;
