@@ -101,8 +101,14 @@ def ensure_penv(penv_dir, python_deps, uv_cache_dir=None, esptool_dir=None,
         return None
     report = _last_json_line(proc.stdout)
     if proc.returncode != 0:
-        message = (report or {}).get("error") or _first_error_line(proc.stderr) or (
+        error_line = _error_line(proc.stderr)
+        message = (report or {}).get("error") or (
+            error_line.split("error: ", 1)[-1] if error_line else None) or (
             "penv-guard exited with status %d" % proc.returncode)
+        # Progress and the failure's detail (e.g. uv's output) go to the user as they came;
+        # the one-line error is the exception's message.
+        rest = [l for l in proc.stderr.splitlines(True) if l.rstrip("\r\n") != error_line]
+        sys.stderr.write("".join(rest))
         if proc.returncode == EXIT_LOCK_TIMEOUT:
             message += " (another build holds the penv lock; retry when it has finished)"
         _trace({"event": "ensure", "status": "error", "exit_code": proc.returncode,
@@ -150,12 +156,11 @@ def _last_json_line(stdout):
     return None
 
 
-def _first_error_line(stderr):
-    lines = [l.strip() for l in (stderr or "").splitlines() if l.strip()]
-    for line in lines:
-        if "error" in line:
-            return line.split("error: ", 1)[-1]
-    return lines[0] if lines else None
+def _error_line(stderr):
+    for line in (stderr or "").splitlines():
+        if line.startswith("penv-guard: error: "):
+            return line
+    return None
 
 
 def _ms(started):

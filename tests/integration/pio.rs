@@ -268,7 +268,10 @@ fn pio_first_run_installs_then_warm_runs_are_hits_without_uv_or_python() {
     assert!(p.w.state_path().is_file());
     let state: Value =
         serde_json::from_str(&fs::read_to_string(p.w.state_path()).unwrap()).unwrap();
-    assert_eq!(state["installed"]["alpha"], "2.0", "alpha>=1.0: the newest wheel");
+    assert_eq!(
+        state["installed"]["alpha"], "2.0",
+        "alpha>=1.0: the newest wheel"
+    );
     assert_eq!(state["installed"]["certifi"], "2025.8.3");
     assert!(p.w.site_packages().join("alpha/__init__.py").is_file());
     assert_eq!(p.w.installs(), 1, "{}", p.uv_log());
@@ -421,4 +424,60 @@ fn pio_installs_esptool_editable_from_the_platform_package() {
     let warm = p.run(&[]).ok();
     assert_eq!(warm.statuses(), ["hit", "hit", "hit"], "{:#?}", warm.log);
     assert_eq!(p.w.installs(), 1, "{}", p.uv_log());
+}
+
+#[test]
+fn pio_fails_with_penv_guards_message_when_the_install_fails() {
+    let p = Pio::new();
+    let output = p
+        .command(&["run"])
+        .env(
+            "PENV_GUARD_FIXTURE_DEPS",
+            r#"{"alpha": ">=1.0", "no-such-dist": ">=1"}"#,
+        )
+        .output()
+        .unwrap();
+    let run = Run::from(output);
+    assert_ne!(run.code, Some(0), "{}", run.stdout);
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("Error: penv-guard: "), "{all}");
+    assert!(
+        all.contains("no-such-dist"),
+        "uv's reason reaches the user: {all}"
+    );
+    assert_eq!(
+        all.matches("exit code 1").count(),
+        1,
+        "the error line once: {all}"
+    );
+    assert!(
+        !p.w.state_path().exists(),
+        "no state after a failed install"
+    );
+    assert!(!p.build_dir("first").join("firmware.elf").exists());
+}
+
+#[test]
+fn pio_lock_timeout_says_retry() {
+    let p = Pio::new();
+    fs::create_dir_all(&p.w.penv).unwrap();
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(p.w.penv.join(".penv-guard.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let output = p
+        .command(&["run"])
+        .env("PENV_GUARD_LOCK_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    drop(lock);
+    let run = Run::from(output);
+    assert_ne!(run.code, Some(0), "{}", run.stdout);
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("Error: penv-guard: "), "{all}");
+    assert!(all.contains("retry"), "{all}");
 }
