@@ -614,16 +614,17 @@ impl Ini {
                 }
                 continue;
             }
-            if let Some(name) = trimmed.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            let line = strip_inline_comment(trimmed);
+            if let Some(name) = line.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
                 ini.sections.push((name.trim().to_owned(), Vec::new()));
                 key_open = false;
                 continue;
             }
-            let split = trimmed.find(['=', ':']);
+            let split = line.find(['=', ':']);
             match (split, ini.sections.last_mut()) {
                 (Some(at), Some((_, options))) => {
-                    let key = trimmed[..at].trim().to_lowercase();
-                    let value = strip_inline_comment(trimmed[at + 1..].trim()).to_owned();
+                    let key = line[..at].trim().to_lowercase();
+                    let value = line[at + 1..].trim().to_owned();
                     options.push((key, value));
                     key_open = true;
                 }
@@ -1167,7 +1168,9 @@ fn human_age(ns: i64) -> String {
     }
 }
 
+/// The human table, written to stdout in one piece.
 fn print_table(project: &Project, rows: &[Row], orphans: &[(String, PathBuf)]) {
+    use std::fmt::Write as _;
     let shown = |p: &Path| {
         p.strip_prefix(&project.dir)
             .map_or_else(|_| p.display().to_string(), |r| r.display().to_string())
@@ -1209,6 +1212,7 @@ fn print_table(project: &Project, rows: &[Row], orphans: &[(String, PathBuf)]) {
         String::new(),
     ]);
     let mut widths = [0usize; 6];
+    let mut out = String::new();
     for line in &lines {
         for (w, cell) in widths.iter_mut().zip(line) {
             *w = (*w).max(cell.chars().count());
@@ -1229,20 +1233,22 @@ fn print_table(project: &Project, rows: &[Row], orphans: &[(String, PathBuf)]) {
             w3 = widths[3],
             w4 = widths[4],
         );
-        println!("{}", text.trim_end());
+        out.push_str(text.trim_end());
+        out.push('\n');
     }
     if !orphans.is_empty() {
         let names: Vec<&str> = orphans.iter().map(|(n, _)| n.as_str()).collect();
-        println!(
+        let _ = writeln!(
+            out,
             "orphans in {} (no [env:NAME] in platformio.ini): {}",
             shown(&project.build_dir),
             names.join(", ")
         );
     }
+    print!("{out}");
 }
 
-fn select(project: &Project, wanted: &[String]) -> Result<Vec<EnvSpec>> {
-    let envs = project.envs();
+fn select(project: &Project, envs: &[EnvSpec], wanted: &[String]) -> Result<Vec<EnvSpec>> {
     for name in wanted {
         if !envs.iter().any(|e| &e.name == name) {
             let known: Vec<&str> = envs.iter().map(|e| e.name.as_str()).collect();
@@ -1262,8 +1268,9 @@ fn select(project: &Project, wanted: &[String]) -> Result<Vec<EnvSpec>> {
         }
     }
     Ok(envs
-        .into_iter()
+        .iter()
         .filter(|e| wanted.is_empty() || wanted.contains(&e.name))
+        .cloned()
         .collect())
 }
 
@@ -1271,7 +1278,7 @@ fn select(project: &Project, wanted: &[String]) -> Result<Vec<EnvSpec>> {
 pub fn run(args: &SizeArgs) -> Result<()> {
     let project = Project::open(&args.project_dir)?;
     let all = project.envs();
-    let selected = select(&project, &args.env)?;
+    let selected = select(&project, &all, &args.env)?;
     let orphans = project.orphans(&all);
     let (cached, dirty) = load_cache(&project.cache_path);
     let mut updates = BTreeMap::new();
@@ -1670,7 +1677,7 @@ mod tests {
     fn ini_sections_comments_and_continuations() {
         let ini = Ini::parse(
             "\u{feff}; comment\n[platformio]\nbuild_dir = out ; trailing\n# more\n\
-             default_envs =\n    a\n    b\n[env:a]\nboard = x\n[env:b]\n[env]\n[env:a]\n\
+             default_envs =\n    a\n    b\n[env:a]\nboard = x\n[env:b] ; trailing\n[env]\n[env:a]\n\
              Build_Flags: -DX=1#not-a-comment\n",
         );
         assert_eq!(ini.get("platformio", "build_dir"), Some("out"));
