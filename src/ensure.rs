@@ -290,6 +290,9 @@ struct EnsureReport<'a> {
     installed: &'a BTreeMap<String, String>,
     modules: &'a BTreeMap<String, Vec<String>>,
     facts: &'a BTreeMap<String, String>,
+    /// With `--project-dir` and `--env`: that environment's entry of the size cache (no walk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    build_size: Option<serde_json::Value>,
     timings_ms: BTreeMap<String, f64>,
 }
 
@@ -440,11 +443,21 @@ fn report(
     state: &State,
     phases: Phases,
 ) -> Result<()> {
+    let mut build_size = None;
     if let (Some(project), Some(env)) = (&args.project_dir, &args.env) {
         if !args.quiet {
             if let Some(line) = crate::size::cached_summary(project, env) {
                 eprintln!("penv-guard: {line}");
             }
+        }
+        if args.json {
+            build_size = crate::size::cached_report(project).and_then(|report| {
+                report["envs"]
+                    .as_array()?
+                    .iter()
+                    .find(|e| e["name"] == env.as_str())
+                    .cloned()
+            });
         }
     }
     if !args.json {
@@ -460,6 +473,7 @@ fn report(
         installed: &state.installed,
         modules: &state.modules,
         facts: &state.facts,
+        build_size,
         timings_ms: phases.total(),
     };
     println!(

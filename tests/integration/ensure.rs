@@ -439,6 +439,15 @@ fn ensure_with_project_and_env_prints_the_cached_build_size_line() {
             panic!("no build size line: {}", run.stderr);
         });
     assert!(line.contains("3.0 MiB"), "{line}");
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--project-dir")
+        .arg(&project)
+        .args(["--env", "esp32dev", "--json", "-q"])
+        .run()
+        .ok();
+    assert_eq!(run.json()["build_size"]["apparent_bytes"], 3 * 1024 * 1024);
+    assert_eq!(run.stderr, "", "-q keeps the size line off stderr");
     // Size bookkeeping never fails an ensure: an unknown project only loses the line.
     let run = w
         .ensure(&["alpha"])

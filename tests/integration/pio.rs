@@ -174,10 +174,8 @@ impl Pio {
             .env("PLATFORMIO_DISABLE_PROGRESSBAR", "true")
             .env("PENV_GUARD_UV", &self.w.shim)
             .env("UV_FIND_LINKS", &self.w.wheels)
-            .env("UV_NO_INDEX", "1")
-            // uv 0.13.9 does not read UV_NO_INDEX (no env var behind --no-index): without this
-            // it asks PyPI too, and certifi resolves to PyPI's newest. Offline, find-links only.
-            .env("UV_OFFLINE", "1")
+            // uv has no env var for --no-index: an empty local default index keeps it off PyPI.
+            .env("UV_DEFAULT_INDEX", self.w.empty_index_url())
             .env("UV_NO_CONFIG", "1")
             .env("UV_PYTHON_DOWNLOADS", "never")
             .env("PENV_GUARD_FIXTURE_LOG", &self.log)

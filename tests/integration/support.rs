@@ -1,6 +1,8 @@
 //! The fixture builder: a temporary world with a penv path, a uv cache, a wheel directory that
-//! uv reads through `UV_FIND_LINKS` (with `UV_NO_INDEX`), and a logging shim in front of the real
-//! uv that records every call.
+//! uv reads through `UV_FIND_LINKS`, and a logging shim in front of the real uv that records every
+//! call. The package index is an empty local directory (`UV_DEFAULT_INDEX`): uv 0.13 has no
+//! environment variable for `--no-index` (`UV_NO_INDEX` is silently ignored), so without this
+//! the tests would consult PyPI.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -193,7 +195,7 @@ impl World {
             .arg(&self.cache)
             .env("PLATFORMIO_CORE_DIR", self.dir.path().join("core"))
             .env("UV_FIND_LINKS", &self.wheels)
-            .env("UV_NO_INDEX", "1")
+            .env("UV_DEFAULT_INDEX", self.empty_index_url())
             .env("UV_PYTHON_DOWNLOADS", "never")
             .env("UV_NO_CONFIG", "1")
             .env_remove("PLATFORMIO_OFFLINE")
@@ -209,6 +211,12 @@ impl World {
             cmd = cmd.arg("--dep").arg(dep);
         }
         cmd
+    }
+
+    pub fn empty_index_url(&self) -> String {
+        let dir = self.dir.path().join("empty-index");
+        std::fs::create_dir_all(&dir).unwrap();
+        format!("file://{}", dir.display())
     }
 
     pub fn state_path(&self) -> PathBuf {
