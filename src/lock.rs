@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::state::write_atomic;
+use crate::state::write_atomic_unsynced;
 
 #[derive(Debug)]
 pub struct PenvLock {
@@ -128,7 +128,7 @@ pub fn acquire(request: &LockRequest<'_>) -> Result<PenvLock> {
         }
     };
     // Informational only; a failure to record the holder must not fail the install.
-    let _ = write_atomic(
+    let _ = write_atomic_unsynced(
         request.holder_path,
         &serde_json::to_vec(&Holder::current()).expect("holder serializes"),
     );

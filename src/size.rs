@@ -29,7 +29,7 @@
 //!   dir would move the key it measures. If the cache path would fall inside an env directory,
 //!   it is not written. So penv-guard's own writes never change any env's key.
 //! - **Bookkeeping never blocks and never fails the command.** Writes are atomic
-//!   ([`state::write_atomic`]). They are made under a non-blocking `try_lock` of
+//!   ([`state::write_atomic_unsynced`]: a lost cache is only a miss). They are made under a non-blocking `try_lock` of
 //!   `build-size.lock`, which is never deleted and never written. If another process holds the
 //!   lock, or the write fails, the sizes are printed but not stored. A cache or cache entry that
 //!   is unreadable, unparsable, wrongly typed or of an unknown schema is a miss (recomputed and
@@ -186,8 +186,10 @@ impl Walker {
     }
 }
 
-/// The walk itself: an explicit stack (no recursion limit), symlinks never followed below the
-/// root.
+/// The walk itself: symlinks never followed below the root. Directories go through a shared
+/// queue served by a few threads (a cold tree walks faster in parallel; the research note measured
+/// diskus at 0.63x of `du -sb`); each thread counts into its own [`Walker`], and hard links seen
+/// by more than one thread are counted once when the results are merged.
 pub fn walk_tree(root: &Path) -> Walked {
     let mut w = Walker::default();
     let meta = match fs::metadata(root) {
@@ -201,64 +203,144 @@ pub fn walk_tree(root: &Path) -> Walked {
             };
         }
     };
-    let mut stack = Vec::new();
-    if meta.is_dir() {
-        w.count_dir(&meta);
-        stack.push(root.to_path_buf());
-    } else if meta.is_file() {
+    if meta.is_file() {
         w.count_file(&meta);
-    } else {
+    } else if !meta.is_dir() {
         w.totals.skipped += 1;
     }
+    if !meta.is_dir() {
+        return Walked {
+            totals: w.totals,
+            links: w.links,
+        };
+    }
+    w.count_dir(&meta);
+    let queue = DirQueue::new(root.to_path_buf());
     let vanish = std::env::var_os(VANISH_HOOK).map(PathBuf::from);
-    while let Some(dir) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let mut walkers: Vec<Walker> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (1..threads)
+            .map(|_| scope.spawn(|| walk_dirs(&queue, vanish.as_deref(), Walker::default())))
+            .collect();
+        let mut all = vec![walk_dirs(&queue, vanish.as_deref(), w)];
+        all.extend(workers.into_iter().map(|h| h.join().expect("walk thread")));
+        all
+    });
+    let mut merged = walkers.remove(0);
+    for other in walkers {
+        let t = other.totals;
+        merged.totals.dirs += t.dirs;
+        merged.totals.skipped += t.skipped;
+        merged.totals.vanished += t.vanished;
+        merged.totals.errors += t.errors;
+        merged.totals.files += t.files;
+        merged.totals.apparent += t.apparent;
+        merged.totals.allocated += t.allocated;
+        for link in other.links {
+            if merged.seen.insert((link.0, link.1)) {
+                merged.links.push(link);
+            } else {
+                merged.totals.files -= 1;
+                merged.totals.apparent -= link.2;
+                merged.totals.allocated -= link.3;
+            }
+        }
+    }
+    Walked {
+        totals: merged.totals,
+        links: merged.links,
+    }
+}
+
+/// Directories still to read, and how many are being read (the walk ends when both are zero).
+struct DirQueue {
+    state: std::sync::Mutex<(Vec<PathBuf>, usize)>,
+    changed: std::sync::Condvar,
+}
+
+impl DirQueue {
+    fn new(root: PathBuf) -> DirQueue {
+        DirQueue {
+            state: std::sync::Mutex::new((vec![root], 0)),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn next(&self) -> Option<PathBuf> {
+        let mut state = self.state.lock().expect("walk queue");
+        loop {
+            if let Some(dir) = state.0.pop() {
+                state.1 += 1;
+                return Some(dir);
+            }
+            if state.1 == 0 {
+                self.changed.notify_all();
+                return None;
+            }
+            state = self.changed.wait(state).expect("walk queue");
+        }
+    }
+
+    fn finished(&self, found: Vec<PathBuf>) {
+        let mut state = self.state.lock().expect("walk queue");
+        state.0.extend(found);
+        state.1 -= 1;
+        self.changed.notify_all();
+    }
+}
+
+fn walk_dirs(queue: &DirQueue, vanish: Option<&Path>, mut w: Walker) -> Walker {
+    while let Some(dir) = queue.next() {
+        let mut found = Vec::new();
+        read_one_dir(&dir, vanish, &mut w, &mut found);
+        queue.finished(found);
+    }
+    w
+}
+
+fn read_one_dir(dir: &Path, vanish: Option<&Path>, w: &mut Walker, found: &mut Vec<PathBuf>) {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            w.fail(&e);
+            return;
+        }
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
             Err(e) => {
                 w.fail(&e);
                 continue;
             }
         };
-        for entry in entries {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => {
-                    w.fail(&e);
-                    continue;
-                }
-            };
-            let file_type = match entry.file_type() {
-                Ok(t) => t,
-                Err(e) => {
-                    w.fail(&e);
-                    continue;
-                }
-            };
-            if !(file_type.is_dir() || file_type.is_file()) {
-                w.totals.skipped += 1;
+        let file_type = match entry.file_type() {
+            Ok(t) => t,
+            Err(e) => {
+                w.fail(&e);
                 continue;
             }
-            if let Some(vanish) = &vanish
-                && entry.path() == *vanish
-            {
-                let _ = fs::remove_file(vanish);
-            }
-            // `DirEntry::metadata` does not follow symlinks; the type is taken from it, not
-            // from d_type, in case the entry was replaced in between.
-            match entry.metadata() {
-                Ok(meta) if meta.is_dir() => {
-                    w.count_dir(&meta);
-                    stack.push(entry.path());
-                }
-                Ok(meta) if meta.is_file() => w.count_file(&meta),
-                Ok(_) => w.totals.skipped += 1,
-                Err(e) => w.fail(&e),
-            }
+        };
+        if !(file_type.is_dir() || file_type.is_file()) {
+            w.totals.skipped += 1;
+            continue;
         }
-    }
-    Walked {
-        totals: w.totals,
-        links: w.links,
+        if let Some(vanish) = vanish
+            && entry.path() == vanish
+        {
+            let _ = fs::remove_file(vanish);
+        }
+        // `DirEntry::metadata` does not follow symlinks; the type is taken from it, not
+        // from d_type, in case the entry was replaced in between.
+        match entry.metadata() {
+            Ok(meta) if meta.is_dir() => {
+                w.count_dir(&meta);
+                found.push(entry.path());
+            }
+            Ok(meta) if meta.is_file() => w.count_file(&meta),
+            Ok(_) => w.totals.skipped += 1,
+            Err(e) => w.fail(&e),
+        }
     }
 }
 
@@ -1010,7 +1092,8 @@ fn store_cache(
     for (name, entry) in updates {
         entries.insert(name.clone(), entry.clone());
     }
-    state::write_atomic(&project.cache_path, &cache_bytes(&entries)).map_err(|e| e.to_string())?;
+    state::write_atomic_unsynced(&project.cache_path, &cache_bytes(&entries))
+        .map_err(|e| e.to_string())?;
     Ok(true)
 }
 

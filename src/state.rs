@@ -254,13 +254,29 @@ pub fn store(path: &Path, state: &State) -> Result<()> {
 
 /// Temp file in the same directory, write, fsync, rename over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_replacing(path, bytes, true)
+}
+
+/// As [`write_atomic`] without the fsync, for caches whose loss only costs a recomputation (a
+/// torn or empty file is a miss when read): it saves about a millisecond per write.
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_replacing(path, bytes, false)
+}
+
+fn write_replacing(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(|e| Error::io("create a temporary file in", dir, e))?;
     temp.write_all(bytes)
-        .and_then(|()| temp.as_file().sync_all())
+        .and_then(|()| {
+            if durable {
+                temp.as_file().sync_all()
+            } else {
+                Ok(())
+            }
+        })
         .map_err(|e| Error::io("write", temp.path(), e))?;
     if let Ok(test_hook) = std::env::var("PENV_GUARD_TEST_CRASH_BEFORE_RENAME") {
         if path.ends_with(test_hook) {
