@@ -411,6 +411,19 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
     report(args, "installed", Some(&reason), &ctx, &state, phases)
 }
 
+/// A penv whose interpreter is missing or cannot be run is recreated, not handed to uv.
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
+
 fn env_flag(name: &str) -> bool {
     std::env::var(name)
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
@@ -628,7 +641,7 @@ fn install_and_validate(
         _ => false,
     };
     let uv = ctx.uv().ok_or(Error::UvNotFound)?;
-    if !ctx.penv.python().exists() || penv_version.is_none() || python_differs {
+    if !is_executable(&ctx.penv.python()) || penv_version.is_none() || python_differs {
         let Some(host) = &host else {
             return Err(Error::PythonNotFound {
                 python: ctx

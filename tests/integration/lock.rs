@@ -34,6 +34,10 @@ fn held_lock_prints_a_wait_line_then_times_out_with_75() {
         .code(75);
     let elapsed = start.elapsed();
     assert!(elapsed >= Duration::from_millis(900), "waited {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "exit 75 within 1.5 s, took {elapsed:?}"
+    );
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert!(
         lines[0].contains("waiting for the penv lock"),

@@ -311,13 +311,20 @@ fn missing_or_broken_python_is_a_clear_error() {
 }
 
 #[test]
-fn penv_python_removed_or_penv_deleted_is_repaired() {
+fn penv_python_removed_unrunnable_or_penv_deleted_is_repaired() {
     let w = World::new();
     w.ensure(&["alpha"]).run().ok();
     fs::remove_file(w.penv.join("bin/python")).unwrap();
     let run = w.ensure(&["alpha"]).arg("--json").arg("-v").run().ok();
     assert_eq!(run.status(), "installed");
     assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+    // An interpreter that exists but cannot run is a broken penv: recreated, not handed to uv.
+    let python = w.penv.join("bin/python");
+    fs::remove_file(&python).unwrap();
+    fs::write(&python, "not a program").unwrap();
+    let run = w.ensure(&["alpha"]).arg("--json").arg("-v").run().ok();
+    assert!(run.stderr.contains("creating the penv"), "{}", run.stderr);
+    assert_eq!(run.status(), "installed");
     fs::remove_dir_all(&w.penv).unwrap();
     let run = w.ensure(&["alpha"]).arg("--json").run().ok();
     assert_eq!(run.status(), "installed");

@@ -113,6 +113,33 @@ fn status_explains_each_miss_reason() {
         serde_json::json!(["site-packages"])
     );
 
+    // The interpreter now resolves to another file (a copy of the same Python).
+    w.ensure(&["alpha<2", "postpkg>=1.0"]).run().ok();
+    let copy = w.dir.path().join("copied-python3");
+    fs::copy(crate::support::host_python(), &copy).unwrap();
+    let link = w.penv.join("bin/python");
+    let original = fs::read_link(&link).unwrap();
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&copy, &link).unwrap();
+    assert_eq!(
+        reason(&status(&w, &["alpha<2", "postpkg>=1.0"])),
+        "interpreter_changed"
+    );
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&original, &link).unwrap();
+
+    // Same inputs but a state written for another OS (or schema): the fingerprint differs only there.
+    let state_text = fs::read_to_string(&state).unwrap();
+    let mut foreign: serde_json::Value = serde_json::from_str(&state_text).unwrap();
+    foreign["fingerprint"] = serde_json::json!("0".repeat(64));
+    foreign["fingerprint_input"]["os"] = serde_json::json!("plan9");
+    fs::write(&state, foreign.to_string()).unwrap();
+    assert_eq!(
+        reason(&status(&w, &["alpha<2", "postpkg>=1.0"])),
+        "platform_changed"
+    );
+    fs::write(&state, state_text).unwrap();
+
     let cfg = w.penv.join("pyvenv.cfg");
     let text = fs::read_to_string(&cfg).unwrap();
     fs::write(&cfg, text.replace("version_info = 3.", "version_info = 2.")).unwrap();
