@@ -128,6 +128,18 @@ pub struct WalkTotals {
     pub errors: u64,
 }
 
+impl std::ops::AddAssign for WalkTotals {
+    fn add_assign(&mut self, other: WalkTotals) {
+        self.apparent += other.apparent;
+        self.allocated += other.allocated;
+        self.files += other.files;
+        self.dirs += other.dirs;
+        self.skipped += other.skipped;
+        self.vanished += other.vanished;
+        self.errors += other.errors;
+    }
+}
+
 impl WalkTotals {
     pub fn partial(&self) -> bool {
         self.vanished > 0 || self.errors > 0
@@ -228,14 +240,7 @@ pub fn walk_tree(root: &Path) -> Walked {
     });
     let mut merged = walkers.remove(0);
     for other in walkers {
-        let t = other.totals;
-        merged.totals.dirs += t.dirs;
-        merged.totals.skipped += t.skipped;
-        merged.totals.vanished += t.vanished;
-        merged.totals.errors += t.errors;
-        merged.totals.files += t.files;
-        merged.totals.apparent += t.apparent;
-        merged.totals.allocated += t.allocated;
+        merged.totals += other.totals;
         for link in other.links {
             if merged.seen.insert((link.0, link.1)) {
                 merged.links.push(link);
@@ -536,13 +541,9 @@ pub struct Entry {
     pub path: String,
     /// `None`: the env dir did not exist.
     pub key: Option<EnvKey>,
-    pub apparent: u64,
-    pub allocated: u64,
-    pub files: u64,
-    pub dirs: u64,
-    pub skipped: u64,
-    pub vanished: u64,
-    pub errors: u64,
+    /// Stored flat: `apparent`, `allocated`, `files`, ... beside `path` and `key`.
+    #[serde(flatten)]
+    pub totals: WalkTotals,
     /// A stamp was younger than [`RACY_WINDOW`] at capture: the next call walks again.
     pub racy: bool,
     /// The key captured after the walk differed from the one before it.
@@ -553,20 +554,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn totals(&self) -> WalkTotals {
-        WalkTotals {
-            apparent: self.apparent,
-            allocated: self.allocated,
-            files: self.files,
-            dirs: self.dirs,
-            skipped: self.skipped,
-            vanished: self.vanished,
-            errors: self.errors,
-        }
-    }
-
     pub fn partial(&self) -> bool {
-        self.totals().partial()
+        self.totals.partial()
     }
 
     /// Whether this entry may be served without a walk when its key still matches.
@@ -578,13 +567,7 @@ impl Entry {
         Entry {
             path,
             key: None,
-            apparent: 0,
-            allocated: 0,
-            files: 0,
-            dirs: 0,
-            skipped: 0,
-            vanished: 0,
-            errors: 0,
+            totals: WalkTotals::default(),
             racy: false,
             changed_during_walk: false,
             walked_at_ns: now_ns,
@@ -649,13 +632,7 @@ pub fn refresh_with(
         path,
         changed_during_walk: after.as_ref() != Some(&key),
         key: Some(key),
-        apparent: t.apparent,
-        allocated: t.allocated,
-        files: t.files,
-        dirs: t.dirs,
-        skipped: t.skipped,
-        vanished: t.vanished,
-        errors: t.errors,
+        totals: t,
         racy,
         walked_at_ns: now_ns,
         links: result.links,
@@ -1138,7 +1115,7 @@ fn row_json(row: &Row, now_ns: i64) -> Value {
         |e| display_encoded(&e.path),
     );
     let sized = row.state != RowState::Unsized;
-    let totals = entry.map(Entry::totals).unwrap_or_default();
+    let totals = entry.map(|e| e.totals).unwrap_or_default();
     let num = |n: u64| if sized { json!(n) } else { Value::Null };
     #[allow(clippy::cast_precision_loss)]
     let seconds = |ns: i64| ns as f64 / 1e9;
@@ -1171,8 +1148,8 @@ fn project_totals(rows: &[Row]) -> (u64, u64) {
     let mut allocated = 0u64;
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
     for entry in rows.iter().filter_map(|r| r.entry.as_ref()) {
-        apparent += entry.apparent;
-        allocated += entry.allocated;
+        apparent += entry.totals.apparent;
+        allocated += entry.totals.allocated;
         for link in &entry.links {
             if !seen.insert((link.0, link.1)) {
                 apparent = apparent.saturating_sub(link.2);
@@ -1267,7 +1244,7 @@ fn print_table(project: &Project, rows: &[Row], orphans: &[(String, PathBuf)]) {
         "STATE".to_owned(),
     ]];
     for row in rows {
-        let t = row.entry.as_ref().map(Entry::totals).unwrap_or_default();
+        let t = row.entry.as_ref().map(|e| e.totals).unwrap_or_default();
         let mut state = row.state.as_str().to_owned();
         if row
             .entry
@@ -1440,7 +1417,7 @@ pub fn cached_summary(project_dir: &Path, env: &str) -> Option<String> {
     let partial = if entry.partial() { "partial, " } else { "" };
     Some(format!(
         "build size of env {env}: {} ({partial}cached {age})",
-        human_bytes(entry.apparent)
+        human_bytes(entry.totals.apparent)
     ))
 }
 
@@ -1531,9 +1508,9 @@ mod tests {
         let mut walker = counting(&walks);
         let entry = refresh_with(&env, None, false, later(), &mut walker).unwrap();
         assert_eq!(walks.get(), 1);
-        assert_eq!(entry.apparent, 5302);
-        assert_eq!(entry.files, 3);
-        assert_eq!(entry.dirs, 2);
+        assert_eq!(entry.totals.apparent, 5302);
+        assert_eq!(entry.totals.files, 3);
+        assert_eq!(entry.totals.dirs, 2);
         assert!(entry.trusted());
         for _ in 0..5 {
             assert_eq!(
@@ -1626,7 +1603,7 @@ mod tests {
         let mut walker = counting(&walks);
         let next = refresh_with(&env, Some(&entry), false, later(), &mut walker).unwrap();
         assert_eq!(walks.get(), 1);
-        assert_eq!(next.files, 4);
+        assert_eq!(next.totals.files, 4);
         assert!(next.trusted());
     }
 
@@ -1638,7 +1615,7 @@ mod tests {
         let entry = refresh_with(&env, None, false, later(), &mut walker).unwrap();
         fs::remove_dir_all(&env).unwrap();
         let cleared = refresh_with(&env, Some(&entry), false, later(), &mut walker).unwrap();
-        assert_eq!((cleared.key.as_ref(), cleared.apparent), (None, 0));
+        assert_eq!((cleared.key.as_ref(), cleared.totals.apparent), (None, 0));
         for force in [false, true] {
             assert_eq!(
                 refresh_with(&env, Some(&cleared), force, later(), &mut walker),
@@ -1830,8 +1807,11 @@ mod tests {
                 path: PathBuf::new(),
             },
             entry: Some(Entry {
-                apparent,
-                allocated: apparent,
+                totals: WalkTotals {
+                    apparent,
+                    allocated: apparent,
+                    ..WalkTotals::default()
+                },
                 links,
                 ..Entry::cleared(String::new(), 0)
             }),
