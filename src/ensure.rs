@@ -3,6 +3,7 @@
 //! write state).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -74,7 +75,7 @@ impl Context {
     fn requirements_txt(&self) -> String {
         let mut text = self.deps.requirements_txt();
         if let Some(dir) = &self.esptool_dir {
-            text.push_str(&format!("-e {}\n", dir.display()));
+            let _ = writeln!(text, "-e {}", dir.display());
         }
         text
     }
@@ -346,7 +347,8 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
     phases.end("check");
     let reason = match verdict {
         Verdict::Hit(state) if !args.verify => {
-            return report_hit(args, &ctx, &state, phases, None);
+            report_hit(args, &ctx, &state, phases, None);
+            return Ok(());
         }
         Verdict::Hit(_) => MissReason::Verify,
         Verdict::Miss(reason, _) => reason,
@@ -379,13 +381,15 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
     phases.end("recheck");
     let reason = match verdict {
         Verdict::Hit(state) if !args.verify => {
-            return report_hit(args, &ctx, &state, phases, Some(lock.waited));
+            report_hit(args, &ctx, &state, phases, Some(lock.waited));
+            return Ok(());
         }
         Verdict::Hit(_) => reason,
-        Verdict::Miss(MissReason::RacyStamp { .. }, Some(_)) if !args.verify => {
-            match revalidate(&ctx, &snap, install_timeout, &mut phases) {
+        Verdict::Miss(MissReason::RacyStamp { .. }, Some(old)) if !args.verify => {
+            match revalidate(&ctx, &snap, &old, install_timeout, &mut phases) {
                 Ok(state) => {
-                    return report(args, "revalidated", Some(&reason), &ctx, &state, phases);
+                    report(args, "revalidated", Some(&reason), &ctx, &state, phases);
+                    return Ok(());
                 }
                 Err(e) => {
                     if args.verbose {
@@ -408,7 +412,8 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
         &say,
     )?;
     drop(lock);
-    report(args, "installed", Some(&reason), &ctx, &state, phases)
+    report(args, "installed", Some(&reason), &ctx, &state, phases);
+    Ok(())
 }
 
 /// A penv whose interpreter is missing or cannot be run is recreated, not handed to uv.
@@ -435,7 +440,7 @@ fn report_hit(
     state: &State,
     phases: Phases,
     waited: Option<Duration>,
-) -> Result<()> {
+) {
     if args.verbose {
         let waited = waited.map(|w| format!(" after waiting {:.1}s for the lock", w.as_secs_f64()));
         eprintln!(
@@ -445,7 +450,7 @@ fn report_hit(
             waited.unwrap_or_default()
         );
     }
-    report(args, "hit", None, ctx, state, phases)
+    report(args, "hit", None, ctx, state, phases);
 }
 
 fn report(
@@ -455,13 +460,13 @@ fn report(
     ctx: &Context,
     state: &State,
     phases: Phases,
-) -> Result<()> {
+) {
     let mut build_size = None;
     if let (Some(project), Some(env)) = (&args.project_dir, &args.env) {
-        if !args.quiet {
-            if let Some(line) = crate::size::cached_summary(project, env) {
-                eprintln!("penv-guard: {line}");
-            }
+        if !args.quiet
+            && let Some(line) = crate::size::cached_summary(project, env)
+        {
+            eprintln!("penv-guard: {line}");
         }
         if args.json {
             build_size = crate::size::cached_report(project).and_then(|report| {
@@ -474,7 +479,7 @@ fn report(
         }
     }
     if !args.json {
-        return Ok(());
+        return;
     }
     let report = EnsureReport {
         status,
@@ -493,7 +498,6 @@ fn report(
         "{}",
         serde_json::to_string(&report).expect("report serializes")
     );
-    Ok(())
 }
 
 /// For a state whose only fault is a racy stamp: check versions from dist-info and import again,
@@ -501,13 +505,10 @@ fn report(
 fn revalidate(
     ctx: &Context,
     snap: &Snapshot,
+    old: &State,
     timeout: Duration,
     phases: &mut Phases,
 ) -> Result<State> {
-    let old = match state::load(&ctx.penv.state_path()) {
-        Loaded::Valid(state) => state,
-        _ => return Err(Error::Usage("state vanished".into())),
-    };
     state::invalidate(&ctx.penv.state_path())?;
     let checked = check_installed(ctx, snap)?;
     validate::validate_imports(&ctx.penv.python(), &checked.import_pairs(), timeout)?;

@@ -229,16 +229,16 @@ pub fn top_level_modules(dist_info: &Path) -> Vec<String> {
     // An editable install's RECORD lists only its finder hook; its code lives elsewhere, so
     // top_level.txt names are taken as they are.
     let editable = direct_url(dist_info).is_some_and(|d| d.editable);
-    if modules.is_empty() {
-        if let Ok(text) = fs::read_to_string(dist_info.join("top_level.txt")) {
-            modules = text
-                .lines()
-                .map(str::trim)
-                .filter(|name| is_module_name(name))
-                .filter(|name| editable || module_exists(site_packages, name))
-                .map(str::to_owned)
-                .collect();
-        }
+    if modules.is_empty()
+        && let Ok(text) = fs::read_to_string(dist_info.join("top_level.txt"))
+    {
+        modules = text
+            .lines()
+            .map(str::trim)
+            .filter(|name| is_module_name(name))
+            .filter(|name| editable || module_exists(site_packages, name))
+            .map(str::to_owned)
+            .collect();
     }
     modules.sort();
     modules.dedup();
@@ -284,6 +284,9 @@ pub fn recorded_file(dist_info: &Path, relative: &str) -> Option<PathBuf> {
         .filter(|path| path.is_file())
 }
 
+// Python's module suffixes are matched case-sensitively here, as imports are on the
+// case-sensitive filesystems this runs on.
+#[allow(clippy::case_sensitive_file_extension_comparisons)]
 pub fn modules_from_record(text: &str) -> Vec<String> {
     let mut modules = Vec::new();
     for line in text.lines() {
@@ -322,6 +325,7 @@ fn record_path(line: &str) -> &str {
     line.split(',').next().unwrap_or("")
 }
 
+#[allow(clippy::case_sensitive_file_extension_comparisons)]
 fn module_from_file_name(name: &str) -> Option<&str> {
     let is_source = name.ends_with(".py");
     let is_extension = [".so", ".pyd"].iter().any(|ext| name.ends_with(ext));
@@ -331,6 +335,7 @@ fn module_from_file_name(name: &str) -> Option<&str> {
     name.split('.').next()
 }
 
+#[allow(clippy::case_sensitive_file_extension_comparisons)]
 fn module_exists(site_packages: &Path, name: &str) -> bool {
     if site_packages.join(name).is_dir() || site_packages.join(format!("{name}.py")).is_file() {
         return true;

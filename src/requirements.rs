@@ -77,6 +77,10 @@ impl DepSet {
         self.deps.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.deps.is_empty()
+    }
+
     pub fn canonical_lines(&self) -> Vec<String> {
         self.deps.iter().map(|dep| dep.canonical.clone()).collect()
     }
@@ -133,20 +137,20 @@ impl DepSet {
         });
         let mut unique: Vec<Dep> = Vec::with_capacity(deps.len());
         for dep in deps {
-            if let Some(last) = unique.last() {
-                if last.name() == dep.name() {
-                    if last.canonical == dep.canonical {
-                        continue;
-                    }
-                    return Err(Error::BadRequirement {
-                        origin: dep.origin.clone(),
-                        text: dep.canonical.clone(),
-                        message: format!(
-                            "conflicts with `{}` ({}); give each distribution once",
-                            last.canonical, last.origin
-                        ),
-                    });
+            if let Some(last) = unique.last()
+                && last.name() == dep.name()
+            {
+                if last.canonical == dep.canonical {
+                    continue;
                 }
+                return Err(Error::BadRequirement {
+                    origin: dep.origin.clone(),
+                    text: dep.canonical.clone(),
+                    message: format!(
+                        "conflicts with `{}` ({}); give each distribution once",
+                        last.canonical, last.origin
+                    ),
+                });
             }
             unique.push(dep);
         }

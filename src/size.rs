@@ -80,7 +80,6 @@
 //! sizes are null).
 
 // Product names (PlatformIO, SCons, ESPHome) are prose here, not code.
-#![allow(clippy::doc_markdown)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{OsStr, OsString};

@@ -278,15 +278,15 @@ fn write_replacing(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
             }
         })
         .map_err(|e| Error::io("write", temp.path(), e))?;
-    if let Ok(test_hook) = std::env::var("PENV_GUARD_TEST_CRASH_BEFORE_RENAME") {
-        if path.ends_with(test_hook) {
-            let (_, temp_path) = temp.keep().map_err(|e| Error::io("keep", path, e.error))?;
-            eprintln!(
-                "penv-guard: test hook: exiting before rename of {}",
-                temp_path.display()
-            );
-            std::process::exit(99);
-        }
+    if let Ok(test_hook) = std::env::var("PENV_GUARD_TEST_CRASH_BEFORE_RENAME")
+        && path.ends_with(test_hook)
+    {
+        let (_, temp_path) = temp.keep().map_err(|e| Error::io("keep", path, e.error))?;
+        eprintln!(
+            "penv-guard: test hook: exiting before rename of {}",
+            temp_path.display()
+        );
+        std::process::exit(99);
     }
     temp.persist(path)
         .map_err(|e| Error::io("replace", path, e.error))?;

@@ -217,13 +217,12 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     if let (Some(host), Some(penv_version)) = (
         host_python.as_ref().and_then(|h| h.version.as_deref()),
         snap.python_version.as_deref(),
-    ) {
-        if penv::major_minor(host) != penv::major_minor(penv_version) {
-            hints.push(format!(
-                "the penv has Python {penv_version} but the host Python is {host}: \
+    ) && penv::major_minor(host) != penv::major_minor(penv_version)
+    {
+        hints.push(format!(
+            "the penv has Python {penv_version} but the host Python is {host}: \
                  `ensure` will recreate the penv"
-            ));
-        }
+        ));
     }
     if let Some(unsatisfied) = dependencies.iter().find(|d| d.applies && !d.satisfied) {
         hints.push(format!(
@@ -420,19 +419,19 @@ fn print_human(r: &Report) {
     } else {
         println!("uv cache      (none at {})", r.uv_cache.path.display());
     }
-    if let Some(sizes) = &r.build_sizes {
-        if let Some(envs) = sizes.get("envs").and_then(serde_json::Value::as_array) {
-            for env in envs {
-                let name = env
-                    .get("name")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("?");
-                let bytes = env
-                    .get("apparent_bytes")
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0);
-                println!("build size    {name}: {} (cached)", human_bytes(bytes));
-            }
+    if let Some(sizes) = &r.build_sizes
+        && let Some(envs) = sizes.get("envs").and_then(serde_json::Value::as_array)
+    {
+        for env in envs {
+            let name = env
+                .get("name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("?");
+            let bytes = env
+                .get("apparent_bytes")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            println!("build size    {name}: {} (cached)", human_bytes(bytes));
         }
     }
     for hint in &r.hints {

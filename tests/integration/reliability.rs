@@ -24,11 +24,11 @@ fn install_intervals(w: &World) -> Vec<(String, f64, f64)> {
         let rest = parts.next().unwrap_or("");
         if kind == "start" && rest.contains("pip install") {
             open.push((pid.to_owned(), ts));
-        } else if kind == "end" {
-            if let Some(i) = open.iter().position(|(p, _)| p == pid) {
-                let (pid, start) = open.remove(i);
-                done.push((pid, start, ts));
-            }
+        } else if kind == "end"
+            && let Some(i) = open.iter().position(|(p, _)| p == pid)
+        {
+            let (pid, start) = open.remove(i);
+            done.push((pid, start, ts));
         }
     }
     assert!(open.is_empty(), "installs that never ended: {open:?}");
@@ -395,7 +395,11 @@ fn bad_input_exits_2_naming_the_offending_value() {
     assert!(run.stderr.contains("conflicts"), "{}", run.stderr);
 
     let huge = dir.join("huge.txt");
-    let mut text: String = (0..5000).map(|i| format!("pkg{i}>=1.{i}\n")).collect();
+    let mut text: String = (0..5000).fold(String::new(), |mut text, i| {
+        use std::fmt::Write as _;
+        let _ = writeln!(text, "pkg{i}>=1.{i}");
+        text
+    });
     text.push_str("bad line ((\n");
     fs::write(&huge, text).unwrap();
     let run = w.cmd("ensure").arg("-r").arg(&huge).run().code(2);
@@ -418,7 +422,8 @@ fn bad_input_exits_2_naming_the_offending_value() {
 
     let run = w.ensure(&["alpha"]).arg("--lock-timeout=-1").run().code(2);
     assert!(run.stderr.contains("--lock-timeout"), "{}", run.stderr);
-    for run in [&run] {
+    {
+        let run = &run;
         assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
     }
     assert_eq!(w.installs(), 0);

@@ -4,7 +4,6 @@
 //! build-dir resolution. `--json`'s `walked` says whether this call walked.
 
 // Product names (PlatformIO, SCons, ESPHome) are prose here, not code.
-#![allow(clippy::doc_markdown)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
