@@ -83,13 +83,12 @@ fn recreated_penv_is_a_miss() {
     w.ensure(&["alpha"]).run().ok();
     let state = fs::read(w.state_path()).unwrap();
     // Recreate the venv behind our back, keeping the old state file.
-    let out = std::process::Command::new(crate::support::real_uv())
-        .args(["venv", "--clear", "--python"])
-        .arg(crate::support::host_python())
-        .arg(&w.penv)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    crate::support::succeed(
+        std::process::Command::new(crate::support::real_uv())
+            .args(["venv", "--clear", "--python"])
+            .arg(crate::support::host_python())
+            .arg(&w.penv),
+    );
     fs::write(w.state_path(), state).unwrap();
     w.settle();
     let run = w.ensure(&["alpha"]).arg("--json").arg("-v").run().ok();
@@ -107,16 +106,11 @@ fn package_uninstalled_behind_our_back_is_repaired() {
     let w = World::new();
     w.ensure(&["alpha", "postpkg"]).run().ok();
     w.settle();
-    let out = std::process::Command::new(crate::support::real_uv())
-        .args(["pip", "uninstall", "--python"])
-        .arg(w.penv.join("bin/python"))
-        .arg("postpkg")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::support::succeed(
+        std::process::Command::new(crate::support::real_uv())
+            .args(["pip", "uninstall", "--python"])
+            .arg(w.penv.join("bin/python"))
+            .arg("postpkg"),
     );
     let run = w
         .ensure(&["alpha", "postpkg"])

@@ -1,7 +1,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::real_uv;
+use crate::support::{real_uv, succeed};
 
 /// `pip install penv-guard` must put the binary into the environment's scripts dir, as uv's and
 /// ruff's wheels do (maturin `bindings = "bin"`).
@@ -11,17 +11,12 @@ fn wheel_built_by_maturin_installs_the_binary_into_a_fresh_venv() {
     let maturin = root.join(".tools/venv/bin/maturin");
     assert!(maturin.is_file(), "maturin missing: run scripts/setup");
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(&maturin)
-        .args(["build", "--release", "--quiet", "--out"])
-        .arg(dir.path().join("dist"))
-        .arg("--manifest-path")
-        .arg(root.join("Cargo.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new(&maturin)
+            .args(["build", "--release", "--quiet", "--out"])
+            .arg(dir.path().join("dist"))
+            .arg("--manifest-path")
+            .arg(root.join("Cargo.toml")),
     );
     let wheel = std::fs::read_dir(dir.path().join("dist"))
         .unwrap()
@@ -34,23 +29,12 @@ fn wheel_built_by_maturin_installs_the_binary_into_a_fresh_venv() {
 
     let venv = dir.path().join("venv");
     let uv = real_uv();
-    let status = Command::new(&uv)
-        .arg("venv")
-        .arg(&venv)
-        .output()
-        .unwrap()
-        .status;
-    assert!(status.success());
-    let out = Command::new(&uv)
-        .args(["pip", "install", "--python"])
-        .arg(venv.join("bin/python"))
-        .arg(&wheel)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(Command::new(&uv).arg("venv").arg(&venv));
+    succeed(
+        Command::new(&uv)
+            .args(["pip", "install", "--python"])
+            .arg(venv.join("bin/python"))
+            .arg(&wheel),
     );
     let out = Command::new(venv.join("bin/penv-guard"))
         .arg("--version")

@@ -938,15 +938,10 @@ fn python_apparent(dir: &Path) -> u64 {
     let script = "import os, stat, sys\n\
         print(sum(st.st_size for d, _, fs in os.walk(sys.argv[1]) for f in fs\n\
                   for st in [os.lstat(os.path.join(d, f))] if stat.S_ISREG(st.st_mode)))";
-    let out = Command::new(crate::support::host_python())
-        .args(["-c", script])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::support::succeed(
+        Command::new(crate::support::host_python())
+            .args(["-c", script])
+            .arg(dir),
     );
     String::from_utf8(out.stdout)
         .unwrap()

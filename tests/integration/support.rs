@@ -40,6 +40,18 @@ pub fn host_python() -> PathBuf {
     .clone()
 }
 
+/// Runs a helper command (uv, maturin, Python) that must succeed; its stderr is the failure text.
+#[track_caller]
+pub fn succeed(command: &mut Command) -> Output {
+    let out = command.output().expect("helper command starts");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -87,18 +99,13 @@ impl Wheel {
 
     pub fn build(&self, out_dir: &Path) -> PathBuf {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_wheel.py");
-        let out = Command::new(host_python())
-            .arg(script)
-            .arg(out_dir)
-            .arg(&self.name)
-            .arg(&self.version)
-            .args(&self.args)
-            .output()
-            .expect("make_wheel.py runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = succeed(
+            Command::new(host_python())
+                .arg(script)
+                .arg(out_dir)
+                .arg(&self.name)
+                .arg(&self.version)
+                .args(&self.args),
         );
         PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     }
