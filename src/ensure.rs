@@ -388,6 +388,12 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
         Verdict::Miss(MissReason::RacyStamp { .. }, Some(old)) if !args.verify => {
             match revalidate(&ctx, &snap, &old, install_timeout, &mut phases) {
                 Ok(state) => {
+                    if args.verbose {
+                        say(&format!(
+                            "re-checked {} distributions without uv; the stamp is recorded again",
+                            state.installed.len()
+                        ));
+                    }
                     report(args, "revalidated", Some(&reason), &ctx, &state, phases);
                     return Ok(());
                 }
