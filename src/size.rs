@@ -1215,8 +1215,8 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// `90 s` → `1 min`.
-fn human_age(ns: i64) -> String {
+/// `90 s` → `1 min ago`.
+pub fn human_age(ns: i64) -> String {
     let secs = ns / 1_000_000_000;
     match secs {
         i64::MIN..=0 => "just now".to_owned(),
@@ -1792,6 +1792,8 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(12_897_485), "12.3 MiB");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
         assert_eq!(human_age(0), "just now");
         assert_eq!(human_age(300_000_000_000), "5 min ago");
         assert_eq!(human_age(7_200_000_000_000), "2 h ago");

@@ -31,6 +31,7 @@ use crate::ensure::{self, Context, MissReason, Verdict};
 use crate::error::Result;
 use crate::lock::{self, Holder};
 use crate::penv;
+use crate::size::{human_age, human_bytes};
 use crate::state::{self, Loaded};
 
 #[derive(Serialize)]
@@ -77,6 +78,8 @@ struct StateReport {
     detail: Option<String>,
     age_seconds: Option<f64>,
     recorded_at_unix: Option<f64>,
+    #[serde(skip)]
+    age_ns: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -298,6 +301,7 @@ fn state_report(
         condition,
         detail,
         age_seconds: recorded_at_ns.map(|at| seconds(state::now_ns() - at)),
+        age_ns: recorded_at_ns.map(|at| state::now_ns() - at),
         recorded_at_unix: recorded_at_ns.map(seconds),
     }
 }
@@ -356,8 +360,8 @@ fn print_human(r: &Report) {
     }
     let age = r
         .state
-        .age_seconds
-        .map(|a| format!(", recorded {} ago", human_age(a)))
+        .age_ns
+        .map(|ns| format!(", recorded {}", human_age(ns)))
         .unwrap_or_default();
     let detail = r
         .state
@@ -436,42 +440,5 @@ fn print_human(r: &Report) {
     }
     for hint in &r.hints {
         println!("hint          {hint}");
-    }
-}
-
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    #[allow(clippy::cast_precision_loss)]
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-fn human_age(seconds: f64) -> String {
-    match seconds {
-        s if s < 120.0 => format!("{s:.0}s"),
-        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
-        s if s < 172_800.0 => format!("{:.0} h", s / 3600.0),
-        s => format!("{:.0} days", s / 86400.0),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_bytes_uses_binary_units() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
     }
 }
