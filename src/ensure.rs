@@ -339,7 +339,7 @@ fn seconds(value: f64, flag: &str) -> Result<Duration> {
 pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
     let lock_timeout = seconds(args.lock_timeout, "--lock-timeout")?;
     let install_timeout = seconds(args.install_timeout, "--install-timeout")?;
-    let offline = args.offline || env_flag("PLATFORMIO_OFFLINE");
+    let offline = args.offline || penv::platformio_offline();
     let ctx = Context::resolve(&args.penv, &args.deps)?;
     let mut phases = Phases::new(start);
     let snap = snapshot(&ctx);
@@ -433,11 +433,6 @@ fn is_executable(path: &Path) -> bool {
     {
         path.is_file()
     }
-}
-
-fn env_flag(name: &str) -> bool {
-    std::env::var(name)
-        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
 }
 
 fn report_hit(

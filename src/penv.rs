@@ -105,6 +105,12 @@ pub fn core_dir() -> Result<PathBuf> {
         })
 }
 
+/// `PLATFORMIO_OFFLINE` as PlatformIO reads it: `1`, `true` or `yes` (any case).
+pub fn platformio_offline() -> bool {
+    std::env::var("PLATFORMIO_OFFLINE")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+}
+
 pub fn major_minor(version: &str) -> Option<&str> {
     let mut dots = version.match_indices('.');
     dots.next()?;

@@ -211,7 +211,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     };
 
     let mut hints = Vec::new();
-    if std::env::var("PLATFORMIO_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0") {
+    if penv::platformio_offline() {
         hints.push("PLATFORMIO_OFFLINE is set: installs use only the local uv cache".to_owned());
     }
     if uv.is_none() {

@@ -209,6 +209,25 @@ fn status_reports_a_held_lock_with_its_holder_and_does_not_wait() {
 }
 
 #[test]
+fn status_offline_hint_agrees_with_what_ensure_treats_as_offline() {
+    let w = World::new();
+    let hints = |value: &str| {
+        let run = w
+            .cmd("status")
+            .arg("--json")
+            .env("PLATFORMIO_OFFLINE", value)
+            .run()
+            .ok();
+        let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        report["hints"].to_string()
+    };
+    assert!(hints("yes").contains("PLATFORMIO_OFFLINE"));
+    // `ensure` goes online for these values, so status must not claim otherwise.
+    assert!(!hints("no").contains("PLATFORMIO_OFFLINE"));
+    assert!(!hints("false").contains("PLATFORMIO_OFFLINE"));
+}
+
+#[test]
 fn status_bad_input_exits_2() {
     let w = World::new();
     w.cmd("status").args(["--dep", "((("]).run().code(2);
