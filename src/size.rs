@@ -372,19 +372,6 @@ fn hard_link_id(_meta: &fs::Metadata) -> Option<(u64, u64)> {
     None
 }
 
-#[cfg(unix)]
-fn mtime_ns(meta: &fs::Metadata) -> i64 {
-    use std::os::unix::fs::MetadataExt;
-    meta.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.mtime_nsec())
-}
-
-#[cfg(not(unix))]
-fn mtime_ns(meta: &fs::Metadata) -> i64 {
-    meta.modified().map_or(0, state::system_time_ns)
-}
-
 // ---------------------------------------------------------------------------------------------
 // The freshness key
 
@@ -422,7 +409,7 @@ impl Stamp {
         Stamp {
             kind,
             len: meta.len(),
-            mtime_ns: mtime_ns(meta),
+            mtime_ns: state::mtime_ns(meta),
         }
     }
 

@@ -48,8 +48,8 @@ impl Stamp {
         Stamp {
             ino: m.ino(),
             size: m.size(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            mtime_ns: mtime_ns(m),
+            ctime_ns: seconds_and_nanos(m.ctime(), m.ctime_nsec()),
         }
     }
 
@@ -67,6 +67,23 @@ impl Stamp {
     fn newest_ns(&self) -> i64 {
         self.mtime_ns.max(self.ctime_ns)
     }
+}
+
+/// Modification time in nanoseconds since the epoch (saturating; never panics on odd times).
+#[cfg(unix)]
+pub fn mtime_ns(m: &fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    seconds_and_nanos(m.mtime(), m.mtime_nsec())
+}
+
+#[cfg(not(unix))]
+pub fn mtime_ns(m: &fs::Metadata) -> i64 {
+    m.modified().map_or(0, system_time_ns)
+}
+
+#[cfg(unix)]
+fn seconds_and_nanos(seconds: i64, nanos: i64) -> i64 {
+    seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
 pub fn system_time_ns(t: SystemTime) -> i64 {
