@@ -3,7 +3,11 @@ use std::fs;
 use crate::support::World;
 
 fn status(w: &World, deps: &[&str]) -> serde_json::Value {
-    let mut cmd = w.cmd("status").arg("--json");
+    status_with(w, deps, &[])
+}
+
+fn status_with(w: &World, deps: &[&str], extra: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let mut cmd = w.cmd("status").arg("--json").args(extra);
     for dep in deps {
         cmd = cmd.arg("--dep").arg(dep);
     }
@@ -60,27 +64,21 @@ fn status_explains_each_miss_reason() {
     let other_uv = w.dir.path().join("bin2/uv");
     fs::create_dir_all(other_uv.parent().unwrap()).unwrap();
     fs::copy(&w.shim, &other_uv).unwrap();
-    let run = w
-        .cmd("status")
-        .arg("--json")
-        .args(["--dep", "alpha<2", "--dep", "postpkg>=1.0", "--uv"])
-        .arg(&other_uv)
-        .run()
-        .ok();
-    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let report = status_with(
+        &w,
+        &["alpha<2", "postpkg>=1.0"],
+        &["--uv".as_ref(), other_uv.as_os_str()],
+    );
     assert_eq!(reason(&report), "uv_changed");
 
     let python_link = w.dir.path().join("py/python3");
     fs::create_dir_all(python_link.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(crate::support::host_python(), &python_link).unwrap();
-    let run = w
-        .cmd("status")
-        .arg("--json")
-        .args(["--dep", "alpha<2", "--dep", "postpkg>=1.0", "--python"])
-        .arg(&python_link)
-        .run()
-        .ok();
-    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let report = status_with(
+        &w,
+        &["alpha<2", "postpkg>=1.0"],
+        &["--python".as_ref(), python_link.as_os_str()],
+    );
     assert_eq!(reason(&report), "host_python_changed");
 
     let state = w.state_path();
