@@ -364,7 +364,7 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
 
     std::fs::create_dir_all(&ctx.penv.root)
         .map_err(|e| Error::io("create the penv directory", &ctx.penv.root, e))?;
-    state::sweep_temp_files(&ctx.penv.root);
+    crate::fsutil::sweep_temp_files(&ctx.penv.root);
     let lock_started = Instant::now();
     let lock = lock::acquire(&LockRequest {
         lock_path: &ctx.penv.lock_path(),
@@ -495,10 +495,7 @@ fn report(
         build_size,
         timings_ms: phases.total(),
     };
-    println!(
-        "{}",
-        serde_json::to_string(&report).expect("report serializes")
-    );
+    crate::messages::println(&crate::messages::json(&report, false));
 }
 
 /// For a state whose only fault is a racy stamp: check versions from dist-info and import again,
@@ -708,7 +705,7 @@ fn record(
     phases: &mut Phases,
 ) -> Result<State> {
     let snap = snapshot(ctx);
-    let recorded_at_ns = state::now_ns();
+    let recorded_at_ns = crate::fsutil::now_ns();
     phases.end("record");
     let state = State {
         schema: state::SCHEMA,
@@ -763,12 +760,9 @@ pub fn fingerprint(args: &FingerprintArgs) -> Result<()> {
             input: &snap.input,
             penv_exists,
         };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
-        );
+        crate::messages::println(&crate::messages::json(&report, true));
     } else {
-        println!("{}", snap.fingerprint);
+        crate::messages::println(&snap.fingerprint);
     }
     Ok(())
 }

@@ -5,13 +5,17 @@
 pub mod cli;
 pub mod ensure;
 pub mod error;
+pub mod fsutil;
 pub mod install;
 pub mod lock;
+pub mod messages;
 pub mod penv;
 pub mod requirements;
 pub mod size;
 pub mod state;
 pub mod status;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 pub mod validate;
 
 use std::time::Instant;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::state::write_atomic_unsynced;
+use crate::fsutil;
 
 #[derive(Debug)]
 pub struct PenvLock {
@@ -128,9 +128,10 @@ pub fn acquire(request: &LockRequest<'_>) -> Result<PenvLock> {
         }
     };
     // Informational only; a failure to record the holder must not fail the install.
-    let _ = write_atomic_unsynced(
+    let _ = fsutil::write_atomic(
         request.holder_path,
         &serde_json::to_vec(&Holder::current()).expect("holder serializes"),
+        false,
     );
     Ok(PenvLock {
         _file: Some(file),

@@ -3,6 +3,7 @@ use std::time::Instant;
 
 use clap::Parser as _;
 use penv_guard::cli::{Cli, Command};
+use penv_guard::messages;
 
 fn main() -> ExitCode {
     let start = Instant::now();
@@ -10,9 +11,9 @@ fn main() -> ExitCode {
     match penv_guard::run(&cli, start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("penv-guard: error: {error}");
+            messages::say(format_args!("error: {error}"));
             if let Some(detail) = error.detail() {
-                eprintln!("{detail}");
+                messages::say_raw(detail);
             }
             if matches!(&cli.command, Command::Ensure(args) if args.json) {
                 let report = serde_json::json!({
@@ -20,7 +21,7 @@ fn main() -> ExitCode {
                     "exit_code": error.exit_code(),
                     "error": error.to_string(),
                 });
-                println!("{report}");
+                messages::println(&report.to_string());
             }
             ExitCode::from(error.exit_code())
         }

@@ -29,7 +29,7 @@
 //!   dir would move the key it measures. If the cache path would fall inside an env directory,
 //!   it is not written. So penv-guard's own writes never change any env's key.
 //! - **Bookkeeping never blocks and never fails the command.** Writes are atomic
-//!   ([`state::write_atomic_unsynced`]: a lost cache is only a miss). They are made under a non-blocking `try_lock` of
+//!   ([`fsutil::write_atomic`]: a lost cache is only a miss). They are made under a non-blocking `try_lock` of
 //!   `build-size.lock`, which is never deleted and never written. If another process holds the
 //!   lock, or the write fails, the sizes are printed but not stored. A cache or cache entry that
 //!   is unreadable, unparsable, wrongly typed or of an unknown schema is a miss (recomputed and
@@ -92,7 +92,8 @@ use serde_json::{Value, json};
 
 use crate::cli::SizeArgs;
 use crate::error::{Error, Result};
-use crate::state::{self, RACY_WINDOW};
+use crate::fsutil;
+use crate::state::RACY_WINDOW;
 
 /// Schema number of `build-size.json`; any other number is a miss.
 pub const CACHE_SCHEMA: u64 = 1;
@@ -100,10 +101,6 @@ const CACHE_DIR: &str = ".penv-guard";
 const CACHE_FILE: &str = "build-size.json";
 const LOCK_FILE: &str = "build-size.lock";
 const CHECKSUM_FILE: &str = "project.checksum";
-
-/// Test hook: the walk deletes this path just before it `lstat`s it, to produce a real `ENOENT`
-/// mid-walk. Only the tests set it.
-const VANISH_HOOK: &str = "PENV_GUARD_TEST_SIZE_VANISH";
 
 // ---------------------------------------------------------------------------------------------
 // The walk
@@ -227,13 +224,12 @@ pub fn walk_tree(root: &Path) -> Walked {
     }
     w.count_dir(&meta);
     let queue = DirQueue::new(root.to_path_buf());
-    let vanish = std::env::var_os(VANISH_HOOK).map(PathBuf::from);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let mut walkers: Vec<Walker> = std::thread::scope(|scope| {
         let workers: Vec<_> = (1..threads)
-            .map(|_| scope.spawn(|| walk_dirs(&queue, vanish.as_deref(), Walker::default())))
+            .map(|_| scope.spawn(|| walk_dirs(&queue, Walker::default())))
             .collect();
-        let mut all = vec![walk_dirs(&queue, vanish.as_deref(), w)];
+        let mut all = vec![walk_dirs(&queue, w)];
         all.extend(workers.into_iter().map(|h| h.join().expect("walk thread")));
         all
     });
@@ -293,16 +289,16 @@ impl DirQueue {
     }
 }
 
-fn walk_dirs(queue: &DirQueue, vanish: Option<&Path>, mut w: Walker) -> Walker {
+fn walk_dirs(queue: &DirQueue, mut w: Walker) -> Walker {
     while let Some(dir) = queue.next() {
         let mut found = Vec::new();
-        read_one_dir(&dir, vanish, &mut w, &mut found);
+        read_one_dir(&dir, &mut w, &mut found);
         queue.finished(found);
     }
     w
 }
 
-fn read_one_dir(dir: &Path, vanish: Option<&Path>, w: &mut Walker, found: &mut Vec<PathBuf>) {
+fn read_one_dir(dir: &Path, w: &mut Walker, found: &mut Vec<PathBuf>) {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -329,11 +325,8 @@ fn read_one_dir(dir: &Path, vanish: Option<&Path>, w: &mut Walker, found: &mut V
             w.totals.skipped += 1;
             continue;
         }
-        if let Some(vanish) = vanish
-            && entry.path() == vanish
-        {
-            let _ = fs::remove_file(vanish);
-        }
+        #[cfg(feature = "test-hooks")]
+        crate::test_hooks::size_vanish(&entry.path());
         // `DirEntry::metadata` does not follow symlinks; the type is taken from it, not
         // from d_type, in case the entry was replaced in between.
         match entry.metadata() {
@@ -409,7 +402,7 @@ impl Stamp {
         Stamp {
             kind,
             len: meta.len(),
-            mtime_ns: state::mtime_ns(meta),
+            mtime_ns: fsutil::mtime_ns(meta),
         }
     }
 
@@ -584,7 +577,7 @@ pub fn is_fresh(env_dir: &Path, cached: &Entry) -> bool {
 ///
 /// `force` walks even on a hit (`--refresh`). Persistence is the caller's.
 pub fn refresh(env_dir: &Path, cached: Option<&Entry>, force: bool) -> Option<Entry> {
-    refresh_with(env_dir, cached, force, state::now_ns(), &mut walk_tree)
+    refresh_with(env_dir, cached, force, fsutil::now_ns(), &mut walk_tree)
 }
 
 /// [`refresh`] with the clock reading and the walker injected (the tests count walks).
@@ -1049,13 +1042,13 @@ fn store_cache(
         Err(fs::TryLockError::WouldBlock) => return Ok(false),
         Err(fs::TryLockError::Error(e)) => return Err(format!("{}: {e}", lock_path.display())),
     }
-    state::sweep_temp_files(cache_dir);
+    fsutil::sweep_temp_files(cache_dir);
     let (mut entries, _) = load_cache(&project.cache_path);
     entries.retain(|name, _| known.contains(name));
     for (name, entry) in updates {
         entries.insert(name.clone(), entry.clone());
     }
-    state::write_atomic_unsynced(&project.cache_path, &cache_bytes(&entries))
+    fsutil::write_atomic(&project.cache_path, &cache_bytes(&entries), false)
         .map_err(|e| e.to_string())?;
     Ok(true)
 }
@@ -1291,7 +1284,7 @@ fn print_table(project: &Project, rows: &[Row], orphans: &[(String, PathBuf)]) {
             names.join(", ")
         );
     }
-    print!("{out}");
+    crate::messages::print(&out);
 }
 
 fn select(project: &Project, envs: &[EnvSpec], wanted: &[String]) -> Result<Vec<EnvSpec>> {
@@ -1370,16 +1363,15 @@ pub fn run(args: &SizeArgs) -> Result<()> {
         match store_cache(&project, &dirs, &known, &updates) {
             Ok(written) => written,
             Err(why) => {
-                eprintln!("penv-guard: note: build sizes not cached ({why})");
+                crate::messages::say(format!("note: build sizes not cached ({why})"));
                 false
             }
         }
     };
-    let now = state::now_ns();
+    let now = fsutil::now_ns();
     if args.json {
-        println!(
-            "{}",
-            report_json(&project, &rows, &orphans, cache_written, now)
+        crate::messages::println(
+            &report_json(&project, &rows, &orphans, cache_written, now).to_string(),
         );
     } else {
         print_table(&project, &rows, &orphans);
@@ -1394,7 +1386,7 @@ pub fn cached_summary(project_dir: &Path, env: &str) -> Option<String> {
     let project = Project::open(project_dir).ok()?;
     let (entries, _) = load_cache(&project.cache_path);
     let entry = entries.get(env)?;
-    let age = human_age(state::now_ns().saturating_sub(entry.walked_at_ns));
+    let age = human_age(fsutil::now_ns().saturating_sub(entry.walked_at_ns));
     if entry.key.is_none() {
         return Some(format!(
             "build size of env {env}: not built (checked {age})"
@@ -1439,7 +1431,7 @@ pub fn cached_report(project_dir: &Path) -> Option<Value> {
         &rows,
         &orphans,
         false,
-        state::now_ns(),
+        fsutil::now_ns(),
     ))
 }
 
@@ -1451,7 +1443,7 @@ mod tests {
 
     /// A clock reading an hour ahead: nothing just written counts as racy.
     fn later() -> i64 {
-        state::now_ns() + 3_600_000_000_000
+        fsutil::now_ns() + 3_600_000_000_000
     }
 
     fn counting(walks: &Cell<u32>) -> impl FnMut(&Path) -> Walked + '_ {
@@ -1516,7 +1508,7 @@ mod tests {
         let (_tmp, env) = env_dir();
         let walks = Cell::new(0);
         let mut walker = counting(&walks);
-        let now = state::now_ns();
+        let now = fsutil::now_ns();
         let entry = refresh_with(&env, None, false, now, &mut walker).unwrap();
         assert!(entry.racy, "files written just now are racy");
         let again = refresh_with(&env, Some(&entry), false, now, &mut walker).unwrap();
@@ -1547,7 +1539,7 @@ mod tests {
             SystemTime::now() + Duration::from_secs(600),
         );
         let key = capture_key(&env).unwrap();
-        assert!(key.is_racy(state::now_ns()));
+        assert!(key.is_racy(fsutil::now_ns()));
     }
 
     #[test]

@@ -12,22 +12,20 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::fsutil::{self, Follow, ReadError, mtime_ns};
 
 pub const SCHEMA: u32 = 1;
 
 /// A stamp changed less than this long before it was recorded cannot be trusted: another write
 /// in the same timestamp tick would leave it unchanged (git's "racy clean" entries).
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
-
-const TEMP_PREFIX: &str = ".penv-guard-tmp-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
@@ -49,52 +47,23 @@ impl Stamp {
             ino: m.ino(),
             size: m.size(),
             mtime_ns: mtime_ns(m),
-            ctime_ns: seconds_and_nanos(m.ctime(), m.ctime_nsec()),
+            ctime_ns: fsutil::ctime_ns(m),
         }
     }
 
     #[cfg(not(unix))]
     pub fn from_metadata(m: &fs::Metadata) -> Stamp {
-        let ns = |t: std::io::Result<SystemTime>| t.ok().map_or(0, system_time_ns);
         Stamp {
             ino: 0,
             size: m.len(),
-            mtime_ns: ns(m.modified()),
-            ctime_ns: ns(m.created()),
+            mtime_ns: mtime_ns(m),
+            ctime_ns: fsutil::ctime_ns(m),
         }
     }
 
     fn newest_ns(&self) -> i64 {
         self.mtime_ns.max(self.ctime_ns)
     }
-}
-
-/// Modification time in nanoseconds since the epoch (saturating; never panics on odd times).
-#[cfg(unix)]
-pub fn mtime_ns(m: &fs::Metadata) -> i64 {
-    use std::os::unix::fs::MetadataExt;
-    seconds_and_nanos(m.mtime(), m.mtime_nsec())
-}
-
-#[cfg(not(unix))]
-pub fn mtime_ns(m: &fs::Metadata) -> i64 {
-    m.modified().map_or(0, system_time_ns)
-}
-
-#[cfg(unix)]
-fn seconds_and_nanos(seconds: i64, nanos: i64) -> i64 {
-    seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
-}
-
-pub fn system_time_ns(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
-    }
-}
-
-pub fn now_ns() -> i64 {
-    system_time_ns(SystemTime::now())
 }
 
 /// What must not change behind our back: `pyvenv.cfg`, the interpreter and site-packages.
@@ -229,13 +198,14 @@ pub enum Loaded {
     Valid(Box<State>),
 }
 
+/// Reads the state file as penv-guard's own file: no symlink followed, nothing but a regular
+/// file read, at most [`fsutil::OWN_FILE_CAP`] bytes. Anything else is a miss.
 pub fn load(path: &Path) -> Loaded {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
-        Err(e) => return Loaded::Corrupt(format!("unreadable: {e}")),
-    };
-    parse(&bytes)
+    match fsutil::read_capped(path, fsutil::OWN_FILE_CAP, Follow::Never) {
+        Ok(bytes) => parse(&bytes),
+        Err(ReadError::Missing) => Loaded::Missing,
+        Err(e) => Loaded::Corrupt(e.to_string()),
+    }
 }
 
 pub fn parse(bytes: &[u8]) -> Loaded {
@@ -266,70 +236,7 @@ pub fn invalidate(path: &Path) -> Result<()> {
 pub fn store(path: &Path, state: &State) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(state).expect("state serializes");
     bytes.push(b'\n');
-    write_atomic(path, &bytes)
-}
-
-/// Temp file in the same directory, write, fsync, rename over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_replacing(path, bytes, true)
-}
-
-/// As [`write_atomic`] without the fsync, for caches whose loss only costs a recomputation (a
-/// torn or empty file is a miss when read): it saves about a millisecond per write.
-pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_replacing(path, bytes, false)
-}
-
-fn write_replacing(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("create a temporary file in", dir, e))?;
-    temp.write_all(bytes)
-        .and_then(|()| {
-            if durable {
-                temp.as_file().sync_all()
-            } else {
-                Ok(())
-            }
-        })
-        .map_err(|e| Error::io("write", temp.path(), e))?;
-    if let Ok(test_hook) = std::env::var("PENV_GUARD_TEST_CRASH_BEFORE_RENAME")
-        && path.ends_with(test_hook)
-    {
-        let (_, temp_path) = temp.keep().map_err(|e| Error::io("keep", path, e.error))?;
-        eprintln!(
-            "penv-guard: test hook: exiting before rename of {}",
-            temp_path.display()
-        );
-        std::process::exit(99);
-    }
-    temp.persist(path)
-        .map_err(|e| Error::io("replace", path, e.error))?;
-    Ok(())
-}
-
-/// Removes temp files a crashed writer left in `dir` (older than a minute, so a live writer's
-/// file is never taken).
-pub fn sweep_temp_files(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    let cutoff = SystemTime::now() - Duration::from_secs(60);
-    for entry in entries.flatten() {
-        let is_temp = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(TEMP_PREFIX));
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t < cutoff);
-        if is_temp && old {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
+    fsutil::write_atomic(path, &bytes, true).map_err(|e| Error::io("write", path, e))
 }
 
 #[cfg(test)]

@@ -278,10 +278,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     };
 
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
-        );
+        crate::messages::println(&crate::messages::json(&report, true));
     } else {
         print_human(&report);
     }
@@ -300,8 +297,8 @@ fn state_report(
         path: ctx.penv.state_path(),
         condition,
         detail,
-        age_seconds: recorded_at_ns.map(|at| seconds(state::now_ns() - at)),
-        age_ns: recorded_at_ns.map(|at| state::now_ns() - at),
+        age_seconds: recorded_at_ns.map(|at| seconds(crate::fsutil::now_ns() - at)),
+        age_ns: recorded_at_ns.map(|at| crate::fsutil::now_ns() - at),
         recorded_at_unix: recorded_at_ns.map(seconds),
     }
 }
@@ -335,28 +332,35 @@ fn dependency_table(
 }
 
 fn print_human(r: &Report) {
-    println!("penv          {}", r.penv.path.display());
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    macro_rules! out {
+        ($($arg:tt)*) => {{
+            let _ = writeln!(text, $($arg)*);
+        }};
+    }
+    out!("penv          {}", r.penv.path.display());
     match (&r.penv.exists, &r.penv.python_version) {
-        (true, Some(v)) => println!("python        {v} ({})", r.penv.python.display()),
-        (true, None) => println!("python        unknown (no version in pyvenv.cfg)"),
-        (false, _) => println!("python        (the penv does not exist)"),
+        (true, Some(v)) => out!("python        {v} ({})", r.penv.python.display()),
+        (true, None) => out!("python        unknown (no version in pyvenv.cfg)"),
+        (false, _) => out!("python        (the penv does not exist)"),
     }
     if let Some(host) = &r.host_python {
-        println!(
+        out!(
             "host python   {} ({})",
             host.version.as_deref().unwrap_or("?"),
             host.path.display()
         );
     }
     match &r.uv {
-        Some(uv) => println!(
+        Some(uv) => out!(
             "uv            {} ({})",
             uv.recorded_version
                 .as_deref()
                 .unwrap_or("version not recorded yet"),
             uv.path.display()
         ),
-        None => println!("uv            not found"),
+        None => out!("uv            not found"),
     }
     let age = r
         .state
@@ -369,22 +373,22 @@ fn print_human(r: &Report) {
         .as_deref()
         .map(|d| format!(": {d}"))
         .unwrap_or_default();
-    println!(
+    out!(
         "state         {}{detail}{age} ({})",
         r.state.condition,
         r.state.path.display()
     );
-    println!("verdict       {}", r.verdict.message);
+    out!("verdict       {}", r.verdict.message);
     match (r.lock.state, &r.lock.holder) {
-        ("held", holder) => println!(
+        ("held", holder) => out!(
             "lock          held by {}",
             Holder::describe(holder.as_ref())
         ),
-        ("unsupported", _) => println!(
+        ("unsupported", _) => out!(
             "lock          unsupported here: {}",
             r.lock.detail.as_deref().unwrap_or("")
         ),
-        _ => println!("lock          free"),
+        _ => out!("lock          free"),
     }
     if let Some(last) = &r.last_install {
         let phases: Vec<String> = last
@@ -392,12 +396,14 @@ fn print_human(r: &Report) {
             .iter()
             .map(|(phase, ms)| format!("{phase} {ms:.0} ms"))
             .collect();
-        println!("last install  {}", phases.join(", "));
+        out!("last install  {}", phases.join(", "));
     }
-    println!();
-    println!(
+    out!();
+    out!(
         "{:<40} {:<16} {:<4} modules",
-        "requirement", "installed", "ok"
+        "requirement",
+        "installed",
+        "ok"
     );
     for dep in &r.dependencies {
         let ok = match (dep.applies, dep.satisfied) {
@@ -405,7 +411,7 @@ fn print_human(r: &Report) {
             (true, true) => "yes",
             (true, false) => "NO",
         };
-        println!(
+        out!(
             "{:<40} {:<16} {:<4} {}",
             dep.requirement,
             dep.installed.as_deref().unwrap_or("-"),
@@ -413,15 +419,15 @@ fn print_human(r: &Report) {
             dep.modules.join(", ")
         );
     }
-    println!();
+    out!();
     if let (Some(apparent), Some(files)) = (r.uv_cache.apparent_bytes, r.uv_cache.files) {
-        println!(
+        out!(
             "uv cache      {} in {files} files ({})",
             human_bytes(apparent),
             r.uv_cache.path.display()
         );
     } else {
-        println!("uv cache      (none at {})", r.uv_cache.path.display());
+        out!("uv cache      (none at {})", r.uv_cache.path.display());
     }
     if let Some(sizes) = &r.build_sizes
         && let Some(envs) = sizes.get("envs").and_then(serde_json::Value::as_array)
@@ -435,10 +441,11 @@ fn print_human(r: &Report) {
                 .get("apparent_bytes")
                 .and_then(serde_json::Value::as_u64)
                 .unwrap_or(0);
-            println!("build size    {name}: {} (cached)", human_bytes(bytes));
+            out!("build size    {name}: {} (cached)", human_bytes(bytes));
         }
     }
     for hint in &r.hints {
-        println!("hint          {hint}");
+        out!("hint          {hint}");
     }
+    crate::messages::print(&text);
 }
