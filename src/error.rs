@@ -56,6 +56,16 @@ pub enum Error {
         path: PathBuf,
         source: io::Error,
     },
+    LockPermission {
+        path: PathBuf,
+        owner: Option<u32>,
+    },
+    /// A record check found files missing or changed, and reinstalling did not repair them.
+    Broken {
+        path: PathBuf,
+        dist: String,
+        problem: String,
+    },
 }
 
 impl Error {
@@ -72,7 +82,7 @@ impl Error {
             Error::Usage(_) | Error::BadRequirement { .. } | Error::BadDepsJson { .. } => {
                 EXIT_USAGE
             }
-            Error::Validation { .. } => EXIT_VALIDATION,
+            Error::Validation { .. } | Error::Broken { .. } => EXIT_VALIDATION,
             Error::Offline { .. } => EXIT_OFFLINE,
             Error::LockTimeout { .. } => EXIT_LOCK_TIMEOUT,
             Error::Io { .. }
@@ -80,7 +90,8 @@ impl Error {
             | Error::PythonNotFound { .. }
             | Error::VenvCreate { .. }
             | Error::Install { .. }
-            | Error::LockUnsupported { .. } => EXIT_INSTALL,
+            | Error::LockUnsupported { .. }
+            | Error::LockPermission { .. } => EXIT_INSTALL,
         }
     }
 
@@ -144,6 +155,32 @@ impl fmt::Display for Error {
                 "timed out after {seconds}s waiting for the penv lock {} (held by {holder}); \
                  another `pio run` or ESPHome compile may be installing. \
                  Set PENV_GUARD_LOCK_TIMEOUT or --lock-timeout to wait longer",
+                path.display()
+            ),
+            Error::LockPermission { path, owner } => {
+                write!(
+                    f,
+                    "cannot take the penv lock {}: permission denied",
+                    path.display()
+                )?;
+                if let Some(owner) = owner {
+                    write!(f, " (it belongs to uid {owner}")?;
+                    #[cfg(unix)]
+                    write!(f, ", you are uid {}", rustix::process::getuid().as_raw())?;
+                    f.write_str(")")?;
+                }
+                f.write_str(
+                    "; run as that user, or give this user write access to the penv's directory",
+                )
+            }
+            Error::Broken {
+                path,
+                dist,
+                problem,
+            } => write!(
+                f,
+                "{dist} is damaged and reinstalling did not repair it: {} is {problem}; \
+                 no state written",
                 path.display()
             ),
             Error::LockUnsupported { path, source } => write!(

@@ -5,18 +5,21 @@
 pub mod cli;
 pub mod ensure;
 pub mod error;
+pub mod fingerprint;
 pub mod fsutil;
-pub mod install;
 pub mod lock;
 pub mod messages;
 pub mod penv;
+pub mod process;
 pub mod requirements;
 pub mod size;
 pub mod state;
 pub mod status;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
+pub mod uv;
 pub mod validate;
+pub mod verdict;
 
 use std::time::Instant;
 
@@ -26,7 +29,7 @@ pub use error::{Error, Result};
 pub fn run(cli: &Cli, start: Instant) -> Result<()> {
     match &cli.command {
         Command::Ensure(args) => ensure::ensure(args, start),
-        Command::Fingerprint(args) => ensure::fingerprint(args),
+        Command::Fingerprint(args) => fingerprint::run(args),
         Command::Size(args) => size::run(args),
         Command::Status(args) => status::run(args),
     }

@@ -1,18 +1,24 @@
 //! The cross-process lock around check-then-install: an exclusive advisory lock (flock on Unix,
-//! `LockFileEx` on Windows, through `std::fs::File::try_lock`) on `<penv>/.penv-guard.lock`.
+//! `LockFileEx` on Windows, through `std::fs::File::try_lock`) on `<penv>.penv-guard.lock`,
+//! beside the penv so that deleting the penv cannot delete the lock.
 //!
 //! Invariants:
 //! - The lock file is never deleted and never written. Deleting it would let a waiter holding the
 //!   old inode and a newcomer creating a new one both "hold" the lock (PlatformIO's race).
+//! - It is opened without following a symlink and must be a regular file: a dangling symlink
+//!   there never makes penv-guard create a file somewhere else.
+//! - A child that changes the penv inherits the lock's open file (see `process`), so the lock is
+//!   held until that child is gone, even if penv-guard itself is killed.
 //! - It is not uv's `<venv>/.lock`: our child `uv pip install` takes that one itself.
 //! - The kernel releases the lock when its holder dies, so there is no staleness heuristic.
-//! - Who holds it (pid, command, since when) is kept in a separate file, `.penv-guard.holder`,
-//!   written after the lock is taken; it is only ever informational.
+//! - Who holds it (pid, command, since when) is kept in a separate file, `<penv>.penv-guard.holder`,
+//!   written after the lock is taken and removed before it is released; it is only ever
+//!   informational, and a record naming a process that no longer exists is ignored.
 //! - The deadline is enforced outside the locking syscall (a helper thread polls, the caller waits
 //!   on a channel), because flock on network filesystems can hang even when non-blocking.
 //! - A filesystem that cannot lock is an error unless the caller opts out (`--allow-unlocked`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,12 +29,30 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::fsutil::{self, Follow};
 
 #[derive(Debug)]
 pub struct PenvLock {
-    _file: Option<File>,
+    file: Option<File>,
+    holder_path: PathBuf,
     pub waited: Duration,
+}
+
+impl PenvLock {
+    /// The locked file, for a child that must keep the lock while it runs.
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+}
+
+impl Drop for PenvLock {
+    fn drop(&mut self) {
+        // Still locked here: the record goes before the lock does.
+        if self.file.is_some() {
+            crate::process::set_holder_record(None);
+            let _ = std::fs::remove_file(&self.holder_path);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,8 +77,11 @@ impl Holder {
         }
     }
 
+    /// The recorded holder, if the record is readable and names a process that still exists.
     pub fn read(path: &Path) -> Option<Holder> {
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+        let bytes = fsutil::read_capped(path, 64 << 10, Follow::Never).ok()?;
+        let holder: Holder = serde_json::from_slice(&bytes).ok()?;
+        process_exists(holder.pid).then_some(holder)
     }
 
     pub fn describe(holder: Option<&Holder>) -> String {
@@ -71,6 +98,21 @@ impl Holder {
     }
 }
 
+#[cfg(unix)]
+fn process_exists(pid: u32) -> bool {
+    use rustix::process::{Pid, test_kill_process};
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return false;
+    };
+    // EPERM: it exists, under another user.
+    !matches!(test_kill_process(pid), Err(rustix::io::Errno::SRCH))
+}
+
+#[cfg(not(unix))]
+fn process_exists(_: u32) -> bool {
+    true
+}
+
 pub enum Probe {
     Free,
     Held(Option<Holder>),
@@ -79,7 +121,7 @@ pub enum Probe {
 
 /// Whether the lock is free now, without keeping it.
 pub fn probe(lock_path: &Path, holder_path: &Path) -> Probe {
-    let Ok(file) = OpenOptions::new().read(true).write(true).open(lock_path) else {
+    let Ok(file) = fsutil::open_regular(lock_path, Follow::Never) else {
         return Probe::Free;
     };
     match file.try_lock() {
@@ -100,6 +142,7 @@ pub struct LockRequest<'a> {
 pub fn acquire(request: &LockRequest<'_>) -> Result<PenvLock> {
     let start = Instant::now();
     let file = open(request.lock_path)?;
+    // The lock exists before the holder record and the signal handler exist.
     let file = match file.try_lock() {
         Ok(()) => file,
         Err(std::fs::TryLockError::Error(e)) => return unsupported(request, e),
@@ -128,25 +171,68 @@ pub fn acquire(request: &LockRequest<'_>) -> Result<PenvLock> {
         }
     };
     // Informational only; a failure to record the holder must not fail the install.
-    let _ = fsutil::write_atomic(
-        request.holder_path,
-        &serde_json::to_vec(&Holder::current()).expect("holder serializes"),
-        false,
-    );
+    if let Ok(bytes) = serde_json::to_vec(&Holder::current())
+        && fsutil::write_atomic(request.holder_path, &bytes, false).is_ok()
+    {
+        crate::process::set_holder_record(Some(request.holder_path.to_path_buf()));
+    }
     Ok(PenvLock {
-        _file: Some(file),
+        file: Some(file),
+        holder_path: request.holder_path.to_path_buf(),
         waited: start.elapsed(),
     })
 }
 
+/// Opens (creating if needed) the lock file: never through a symlink, never a special file,
+/// never blocking on open. New files follow the umask.
 fn open(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| Error::io("open the lock file", path, e))
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        options
+            .mode(0o666)
+            .custom_flags(i32::try_from(flags.bits()).unwrap_or(0));
+    }
+    let file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Error::LockPermission {
+            path: path.to_path_buf(),
+            owner: owner_of(path),
+        },
+        _ if fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) => Error::Usage(format!(
+            "the lock file {} is a symlink; penv-guard does not follow it (remove it)",
+            path.display()
+        )),
+        _ => Error::io("open the lock file", path, e),
+    })?;
+    let kind = file
+        .metadata()
+        .map_err(|e| Error::io("inspect the lock file", path, e))?
+        .file_type();
+    if !kind.is_file() {
+        return Err(Error::Usage(format!(
+            "the lock file {} is {}, not a regular file (remove it)",
+            path.display(),
+            fsutil::kind_name(kind)
+        )));
+    }
+    Ok(file)
+}
+
+#[cfg(unix)]
+fn owner_of(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(path)
+        .ok()
+        .or_else(|| fs::metadata(path.parent()?).ok())
+        .map(|m| m.uid())
+}
+
+#[cfg(not(unix))]
+fn owner_of(_: &Path) -> Option<u32> {
+    None
 }
 
 fn unsupported(request: &LockRequest<'_>, e: io::Error) -> Result<PenvLock> {
@@ -158,7 +244,8 @@ fn unsupported(request: &LockRequest<'_>, e: io::Error) -> Result<PenvLock> {
             );
         }
         return Ok(PenvLock {
-            _file: None,
+            file: None,
+            holder_path: request.holder_path.to_path_buf(),
             waited: Duration::ZERO,
         });
     }

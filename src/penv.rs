@@ -1,16 +1,41 @@
 //! Layout of a penv (a virtual environment made by `uv venv`) and what can be read from its files
 //! without starting Python: `pyvenv.cfg`, and each distribution's `.dist-info` (`METADATA` for the
-//! name and version, `RECORD` or `top_level.txt` for the importable top-level modules).
+//! name and version, `RECORD` or `top_level.txt` for the importable top-level modules, `RECORD`
+//! for the files that must exist).
+//!
+//! Invariants:
+//! - penv-guard's lock and holder files live beside the penv (`<penv>.penv-guard.lock`), not in
+//!   it, so deleting the penv during an install cannot delete the lock.
+//! - A directory is cleared or recreated only when it is a venv (`pyvenv.cfg`) or penv-guard made
+//!   it (the `.penv-guard-created` marker written into an empty directory before `uv venv`). A
+//!   non-empty directory that is neither is refused: penv-guard never deletes what it did not
+//!   create.
+//! - Every file read here goes through `fsutil` (regular files only, non-blocking, capped).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 
 pub const STATE_FILE: &str = ".penv-guard-state.json";
-pub const LOCK_FILE: &str = ".penv-guard.lock";
-pub const HOLDER_FILE: &str = ".penv-guard.holder";
+pub const CREATED_MARKER: &str = ".penv-guard-created";
+const LOCK_SUFFIX: &str = ".penv-guard.lock";
+const HOLDER_SUFFIX: &str = ".penv-guard.holder";
+
+/// What is at the penv path now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Occupant {
+    Nothing,
+    EmptyDir,
+    /// Has `pyvenv.cfg`.
+    Venv,
+    /// penv-guard created it (marker present) but `uv venv` did not finish.
+    OursUnfinished,
+    /// A non-empty directory that is not a venv: never touched.
+    Foreign,
+}
 
 #[derive(Debug, Clone)]
 pub struct Penv {
@@ -53,6 +78,19 @@ impl Penv {
         })
     }
 
+    pub fn uv(&self) -> PathBuf {
+        self.bin_dir()
+            .join(if cfg!(windows) { "uv.exe" } else { "uv" })
+    }
+
+    pub fn esptool(&self) -> PathBuf {
+        self.bin_dir().join(if cfg!(windows) {
+            "esptool.exe"
+        } else {
+            "esptool"
+        })
+    }
+
     pub fn pyvenv_cfg(&self) -> PathBuf {
         self.root.join("pyvenv.cfg")
     }
@@ -61,12 +99,61 @@ impl Penv {
         self.root.join(STATE_FILE)
     }
 
+    /// `<parent>/<name>.penv-guard.lock`: beside the penv, so it survives the penv's deletion.
     pub fn lock_path(&self) -> PathBuf {
-        self.root.join(LOCK_FILE)
+        self.beside(LOCK_SUFFIX)
     }
 
     pub fn holder_path(&self) -> PathBuf {
-        self.root.join(HOLDER_FILE)
+        self.beside(HOLDER_SUFFIX)
+    }
+
+    fn beside(&self, suffix: &str) -> PathBuf {
+        let mut name = self
+            .root
+            .file_name()
+            .map_or_else(|| std::ffi::OsString::from("penv"), ToOwned::to_owned);
+        name.push(suffix);
+        match self.root.parent() {
+            Some(parent) => parent.join(name),
+            None => self.root.join(name),
+        }
+    }
+
+    pub fn created_marker(&self) -> PathBuf {
+        self.root.join(CREATED_MARKER)
+    }
+
+    pub fn occupant(&self) -> Occupant {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Occupant::Nothing;
+        };
+        let mut empty = true;
+        let mut marker = false;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name == "pyvenv.cfg" {
+                return Occupant::Venv;
+            }
+            marker |= name == CREATED_MARKER;
+            empty &= is_own_file_name(&name);
+        }
+        match (empty, marker) {
+            (_, true) => Occupant::OursUnfinished,
+            (true, false) => Occupant::EmptyDir,
+            (false, false) => Occupant::Foreign,
+        }
+    }
+
+    /// The path the venv was created at, from its `bin/activate` (`VIRTUAL_ENV='…'`), when that
+    /// script names one: venvs are not relocatable (console scripts' shebangs name it too).
+    pub fn created_at(&self) -> Option<PathBuf> {
+        let text = fsutil::read_foreign_text(&self.bin_dir().join("activate"))?;
+        text.lines().find_map(|line| {
+            let value = line.trim().strip_prefix("VIRTUAL_ENV=")?;
+            let value = value.trim_matches(|c| c == '\'' || c == '"');
+            (value.starts_with('/')).then(|| PathBuf::from(value))
+        })
     }
 
     pub fn site_packages(&self, python_version: &str) -> PathBuf {
@@ -81,14 +168,16 @@ impl Penv {
     }
 
     pub fn read_cfg(&self) -> Option<PyvenvCfg> {
-        let text = fs::read_to_string(self.pyvenv_cfg()).ok()?;
+        let text = fsutil::read_foreign_text(&self.pyvenv_cfg())?;
         Some(PyvenvCfg::parse(&text))
     }
+}
 
-    /// Files penv-guard keeps in the penv; everything else is the venv's and may be cleared.
-    pub fn is_own_file(name: &std::ffi::OsStr) -> bool {
-        name == LOCK_FILE || name == HOLDER_FILE
-    }
+/// penv-guard's own files inside the penv (the state, its temp files, the creation marker).
+pub fn is_own_file_name(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|n| {
+        n == STATE_FILE || n == CREATED_MARKER || n.starts_with(fsutil::TEMP_PREFIX)
+    })
 }
 
 /// The PlatformIO core dir: `$PLATFORMIO_CORE_DIR`, else `~/.platformio`.
@@ -169,7 +258,7 @@ pub fn installed_distributions(site_packages: &Path) -> BTreeMap<String, Install
             continue;
         };
         let dist_info = entry.path();
-        let metadata = fs::read_to_string(dist_info.join("METADATA")).unwrap_or_default();
+        let metadata = fsutil::read_foreign_text(&dist_info.join("METADATA")).unwrap_or_default();
         let (name, version) = match parse_metadata(&metadata) {
             (Some(name), Some(version)) => (name, version),
             _ => match stem.rsplit_once('-') {
@@ -229,14 +318,14 @@ pub fn normalize_name(name: &str) -> String {
 /// cryptography ship no `top_level.txt` at all.
 pub fn top_level_modules(dist_info: &Path) -> Vec<String> {
     let site_packages = dist_info.parent().unwrap_or(Path::new("."));
-    let mut modules: Vec<String> = fs::read_to_string(dist_info.join("RECORD"))
+    let mut modules: Vec<String> = fsutil::read_foreign_text(&dist_info.join("RECORD"))
         .map(|text| modules_from_record(&text))
         .unwrap_or_default();
     // An editable install's RECORD lists only its finder hook; its code lives elsewhere, so
     // top_level.txt names are taken as they are.
     let editable = direct_url(dist_info).is_some_and(|d| d.editable);
     if modules.is_empty()
-        && let Ok(text) = fs::read_to_string(dist_info.join("top_level.txt"))
+        && let Some(text) = fsutil::read_foreign_text(&dist_info.join("top_level.txt"))
     {
         modules = text
             .lines()
@@ -260,7 +349,7 @@ pub struct DirectUrl {
 }
 
 pub fn direct_url(dist_info: &Path) -> Option<DirectUrl> {
-    let text = fs::read_to_string(dist_info.join("direct_url.json")).ok()?;
+    let text = fsutil::read_foreign_text(&dist_info.join("direct_url.json"))?;
     parse_direct_url(&text)
 }
 
@@ -280,7 +369,7 @@ pub fn parse_direct_url(text: &str) -> Option<DirectUrl> {
 
 /// A file a distribution installed, by its RECORD path (`certifi/cacert.pem`), if it exists.
 pub fn recorded_file(dist_info: &Path, relative: &str) -> Option<PathBuf> {
-    let record = fs::read_to_string(dist_info.join("RECORD")).ok()?;
+    let record = fsutil::read_foreign_text(&dist_info.join("RECORD"))?;
     let site_packages = dist_info.parent()?;
     record
         .lines()
@@ -288,6 +377,101 @@ pub fn recorded_file(dist_info: &Path, relative: &str) -> Option<PathBuf> {
         .find(|path| *path == relative)
         .map(|path| site_packages.join(path))
         .filter(|path| path.is_file())
+}
+
+/// A file a distribution's RECORD lists that is missing or has another size than recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordProblem {
+    /// The distribution's name as METADATA spells it.
+    pub dist: String,
+    pub normalized: String,
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+/// Checks that every file listed in the RECORD of every installed distribution exists with its
+/// recorded size: stats only, no hashing. Bytecode (`.pyc`) is skipped: Python rewrites it.
+pub fn record_problems(dists: &BTreeMap<String, Installed>) -> Vec<RecordProblem> {
+    let mut problems = Vec::new();
+    for (normalized, dist) in dists {
+        let Some(site_packages) = dist.dist_info.parent() else {
+            continue;
+        };
+        let record = dist.dist_info.join("RECORD");
+        let Some(text) = fsutil::read_foreign_text(&record) else {
+            problems.push(RecordProblem {
+                dist: dist.name.clone(),
+                normalized: normalized.clone(),
+                path: record,
+                problem: "RECORD is missing or unreadable".to_owned(),
+            });
+            continue;
+        };
+        for line in text.lines() {
+            let relative = record_path(line);
+            if relative.is_empty()
+                || Path::new(relative)
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("pyc"))
+            {
+                continue;
+            }
+            let path = site_packages.join(relative);
+            let expected: Option<u64> = line.rsplit(',').next().and_then(|s| s.trim().parse().ok());
+            let problem = match fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("missing".to_owned()),
+                Err(e) => Some(format!("unreadable: {e}")),
+                Ok(meta) => match expected {
+                    Some(size) if meta.is_file() && meta.len() != size => {
+                        Some(format!("{} bytes where RECORD says {size}", meta.len()))
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(problem) = problem {
+                problems.push(RecordProblem {
+                    dist: dist.name.clone(),
+                    normalized: normalized.clone(),
+                    path,
+                    problem,
+                });
+            }
+        }
+    }
+    problems
+}
+
+/// The entry of site-packages that holds each module (`yaml`, `six.py`,
+/// `_cffi_backend.cpython-311-x86_64-linux-gnu.so`), for the modules that live there.
+pub fn module_entries(site_packages: &Path, modules: &[String]) -> Vec<String> {
+    let names: Vec<String> = fs::read_dir(site_packages)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for module in modules {
+        let exact = [module.clone(), format!("{module}.py")];
+        if let Some(found) = exact.iter().find(|n| names.contains(n)) {
+            out.push(found.clone());
+        } else if let Some(ext) = names.iter().find(|n| {
+            n.strip_prefix(module.as_str())
+                .is_some_and(|rest| rest.starts_with('.') && is_extension_suffix(rest))
+        }) {
+            out.push(ext.clone());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[allow(clippy::case_sensitive_file_extension_comparisons)]
+fn is_extension_suffix(rest: &str) -> bool {
+    rest.ends_with(".so") || rest.ends_with(".pyd")
 }
 
 // Python's module suffixes are matched case-sensitively here, as imports are on the

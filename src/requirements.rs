@@ -53,12 +53,16 @@ impl Dep {
         }
     }
 
-    /// Whether this requirement applies to a penv with the given Python version
-    /// (markers such as `sys_platform == "win32"` are evaluated for this host).
-    pub fn applies_to(&self, python_version: &str) -> bool {
+    /// Whether this requirement applies to the interpreter whose marker environment is given.
+    /// An environment that cannot be built (values missing) applies every requirement, so that
+    /// nothing is skipped on a guess.
+    pub fn applies_to(&self, env: Option<&MarkerEnvironment>) -> bool {
         self.requirement.marker.is_true()
-            || marker_environment(python_version)
-                .is_none_or(|env| self.requirement.marker.evaluate(&env, &[]))
+            || env.is_none_or(|env| self.requirement.marker.evaluate(env, &[]))
+    }
+
+    pub fn has_marker(&self) -> bool {
+        !self.requirement.marker.is_true()
     }
 }
 
@@ -113,7 +117,9 @@ impl DepSet {
                     .map_err(|e| Error::io("read", Path::new("<stdin>"), e))?;
                 (text, "<stdin>".to_owned())
             } else {
-                let text = fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+                let text = fs::read_to_string(path).map_err(|e| {
+                    Error::Usage(format!("cannot read --deps-json {}: {e}", path.display()))
+                })?;
                 (text, path.display().to_string())
             };
             deps.extend(parse_deps_json(&text, &origin)?);
@@ -219,7 +225,12 @@ fn canonical(requirement: &Requirement) -> String {
 const MAX_INCLUDE_DEPTH: usize = 16;
 
 fn parse_requirements_file(path: &Path, deps: &mut Vec<Dep>, depth: usize) -> Result<()> {
-    let bytes = fs::read(path).map_err(|e| Error::io("read requirements file", path, e))?;
+    let bytes = fs::read(path).map_err(|e| {
+        Error::Usage(format!(
+            "cannot read requirements file {}: {e}",
+            path.display()
+        ))
+    })?;
     let text = String::from_utf8(bytes).map_err(|_| Error::BadRequirement {
         origin: path.display().to_string(),
         text: String::from("<file>"),
@@ -369,28 +380,41 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-fn marker_environment(python_version: &str) -> Option<MarkerEnvironment> {
-    let mut parts = python_version.split('.');
-    let short = format!("{}.{}", parts.next()?, parts.next()?);
-    let (os_name, sys_platform, platform_system) = if cfg!(windows) {
-        ("nt", "win32", "Windows")
-    } else if cfg!(target_os = "macos") {
-        ("posix", "darwin", "Darwin")
-    } else {
-        ("posix", "linux", "Linux")
-    };
+/// The PEP 508 marker environment of an interpreter, as its own `platform` and `sys` modules
+/// report it (captured in the penv by `validate::marker_environment` and kept in the state).
+/// Markers are never evaluated with guessed values: `platform_release`, `platform_machine`
+/// (`arm64` on macOS, where Rust says `aarch64`) and the rest come from the interpreter.
+pub type MarkerValues = BTreeMap<String, String>;
+
+/// The keys `validate::marker_environment` captures.
+pub const MARKER_KEYS: [&str; 11] = [
+    "implementation_name",
+    "implementation_version",
+    "os_name",
+    "platform_machine",
+    "platform_python_implementation",
+    "platform_release",
+    "platform_system",
+    "platform_version",
+    "python_full_version",
+    "python_version",
+    "sys_platform",
+];
+
+pub fn marker_environment(values: &MarkerValues) -> Option<MarkerEnvironment> {
+    let get = |key: &str| values.get(key).map_or("", String::as_str);
     MarkerEnvironment::try_from(MarkerEnvironmentBuilder {
-        implementation_name: "cpython",
-        implementation_version: python_version,
-        os_name,
-        platform_machine: std::env::consts::ARCH,
-        platform_python_implementation: "CPython",
-        platform_release: "",
-        platform_system,
-        platform_version: "",
-        python_full_version: python_version,
-        python_version: &short,
-        sys_platform,
+        implementation_name: get("implementation_name"),
+        implementation_version: get("implementation_version"),
+        os_name: get("os_name"),
+        platform_machine: get("platform_machine"),
+        platform_python_implementation: get("platform_python_implementation"),
+        platform_release: get("platform_release"),
+        platform_system: get("platform_system"),
+        platform_version: get("platform_version"),
+        python_full_version: get("python_full_version"),
+        python_version: get("python_version"),
+        sys_platform: get("sys_platform"),
     })
     .ok()
 }
@@ -492,13 +516,43 @@ mod tests {
         );
     }
 
+    fn env(machine: &str, release: &str, python: &str) -> MarkerEnvironment {
+        let short: Vec<&str> = python.split('.').take(2).collect();
+        let short = short.join(".");
+        let values: MarkerValues = [
+            ("implementation_name", "cpython"),
+            ("implementation_version", python),
+            ("os_name", "posix"),
+            ("platform_machine", machine),
+            ("platform_python_implementation", "CPython"),
+            ("platform_release", release),
+            ("platform_system", "Darwin"),
+            ("platform_version", "Darwin Kernel Version 24.1.0"),
+            ("python_full_version", python),
+            ("python_version", &short),
+            ("sys_platform", "darwin"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        marker_environment(&values).unwrap()
+    }
+
     #[test]
-    fn markers_are_evaluated_for_this_host() {
-        let win = parse_requirement("foo; sys_platform == 'win32'", "t").unwrap();
-        let old = parse_requirement("bar; python_version < '3.8'", "t").unwrap();
-        assert_eq!(win.applies_to("3.11.7"), cfg!(windows));
-        assert!(!old.applies_to("3.11.7"));
-        assert!(old.applies_to("3.7.1"));
+    fn markers_are_evaluated_against_the_interpreters_own_values() {
+        let arm = parse_requirement("foo; platform_machine == 'arm64'", "t").unwrap();
+        let release = parse_requirement("bar; platform_release >= '1'", "t").unwrap();
+        let old = parse_requirement("baz; python_version < '3.8'", "t").unwrap();
+        let mac = env("arm64", "24.1.0", "3.11.7");
+        assert!(arm.applies_to(Some(&mac)));
+        assert!(release.applies_to(Some(&mac)));
+        assert!(!old.applies_to(Some(&mac)));
+        assert!(old.applies_to(Some(&env("x86_64", "6.1", "3.7.1"))));
+        assert!(!arm.applies_to(Some(&env("x86_64", "6.1", "3.11.7"))));
+        assert!(
+            arm.applies_to(None),
+            "no environment: nothing is skipped on a guess"
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!   "uv":          { "path", "recorded_version" } | null,
 //!   "state":       { "path", "condition": "valid"|"missing"|"corrupt"|"unknown_schema",
 //!                    "detail", "age_seconds", "recorded_at_unix" },
-//!   "verdict":     { "result": "hit"|"miss", "reason": {"kind", ...} | null, "message" },
+//!   "verdict":     { "result": "hit"|"miss"|"stale", "reason": {"kind", ...} | null, "message" },
+//!                  ("stale": the recorded stamps match, so `ensure` would hit, but the files
+//!                   disagree with the table; the message names `ensure --verify`)
 //!   "dependencies": [ { "requirement", "name", "origin", "applies", "installed", "satisfied",
 //!                       "modules" } ],
 //!   "lock":        { "path", "state": "free"|"held"|"unsupported", "holder", "detail" },
@@ -27,12 +29,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
-use crate::ensure::{self, Context, MissReason, Verdict};
 use crate::error::Result;
 use crate::lock::{self, Holder};
 use crate::penv;
 use crate::size::{human_age, human_bytes};
 use crate::state::{self, Loaded};
+use crate::validate;
+use crate::verdict::{self, Context, MissReason, Verdict};
 
 #[derive(Serialize)]
 struct Report {
@@ -131,28 +134,56 @@ struct UvCacheReport {
 
 pub fn run(args: &StatusArgs) -> Result<()> {
     let ctx = Context::resolve(&args.penv, &args.deps)?;
-    let snap = ensure::snapshot(&ctx);
     let loaded = state::load(&ctx.penv.state_path());
-    let recorded = match &loaded {
-        Loaded::Valid(state) => Some(state.as_ref()),
-        _ => None,
-    };
+    let python_version = ctx.penv.read_cfg().and_then(|cfg| cfg.version);
+    let site_packages = python_version.as_deref().map(|v| ctx.penv.site_packages(v));
+    let decision = verdict::decide(&ctx, loaded.clone());
+    let recorded = loaded.valid();
 
-    let verdict = match ensure::decide(&ctx, &snap) {
-        Verdict::Hit(_) => VerdictReport {
+    // The table and the verdict come from one decision: a hit whose files disagree is reported
+    // as such, with the command that repairs it.
+    let marker_env = recorded.map(|s| s.marker_env.clone()).or_else(|| {
+        ctx.penv
+            .python()
+            .is_file()
+            .then(|| validate::marker_environment(&ctx.penv.python(), Duration::from_secs(10)).ok())
+            .flatten()
+    });
+    let dependencies = dependency_table(&ctx, marker_env.as_ref(), site_packages.as_deref());
+    let disagreement = dependencies
+        .iter()
+        .find(|d| d.applies && !d.satisfied)
+        .map(|d| {
+            format!(
+                "`{}` is not satisfied by the files (installed: {})",
+                d.requirement,
+                d.installed.as_deref().unwrap_or("nothing")
+            )
+        });
+    let verdict = match (&decision, &disagreement) {
+        (Verdict::Hit(_), None) => VerdictReport {
             result: "hit",
             reason: None,
             message: "satisfied: `ensure` would exit 0 at once (no lock, no subprocess)".into(),
         },
-        Verdict::Miss(reason, _) => VerdictReport {
+        (Verdict::Hit(_), Some(why)) => VerdictReport {
+            result: "stale",
+            reason: None,
+            message: format!(
+                "stale: the recorded stamps match, so `ensure` would exit 0, but {why}; \
+                 `penv-guard ensure --verify` repairs it"
+            ),
+        },
+        (Verdict::Miss(reason, _), _) => VerdictReport {
             result: "miss",
             message: match reason {
                 MissReason::RacyStamp { .. } => format!(
-                    "miss: {reason}; `ensure` would lock the penv and re-check imports (no uv)"
+                    "miss: {reason}; `ensure` would lock the penv and re-check the files (no uv, \
+                     no imports)"
                 ),
                 _ => format!("miss: {reason}; `ensure` would lock the penv and install"),
             },
-            reason: Some(reason),
+            reason: Some(reason.clone()),
         },
     };
 
@@ -165,32 +196,23 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         Loaded::Valid(state) => state_report(&ctx, "valid", None, Some(state.recorded_at_ns)),
     };
 
-    let dependencies = dependency_table(
-        &ctx,
-        snap.python_version.as_deref(),
-        snap.site_packages.as_deref(),
-    );
-
     let lock = match lock::probe(&ctx.penv.lock_path(), &ctx.penv.holder_path()) {
         lock::Probe::Free => ("free", None, None),
         lock::Probe::Held(holder) => ("held", holder, None),
         lock::Probe::Unsupported(e) => ("unsupported", None, Some(e.to_string())),
     };
 
-    let host_python = ctx.host_python.as_ref().map(|path| {
+    let host_python = ctx.host_python().map(|path| {
         let recorded_version = recorded
             .and_then(|s| s.host_python.as_ref())
-            .filter(|h| &h.path == path && h.stamp == state::Stamp::of(path))
+            .filter(|h| h.path == state::path_text(&path) && h.stamp == state::Stamp::of(&path))
             .map(|h| h.version.clone());
         let version = recorded_version.or_else(|| {
-            crate::install::query_python(path, Duration::from_secs(10))
+            crate::uv::query_python(&path, Duration::from_secs(10))
                 .ok()
                 .map(|(v, _)| v)
         });
-        HostReport {
-            path: path.clone(),
-            version,
-        }
+        HostReport { path, version }
     });
 
     let uv = ctx.uv().map(|path| UvReport {
@@ -215,11 +237,14 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         hints.push("PLATFORMIO_OFFLINE is set: installs use only the local uv cache".to_owned());
     }
     if uv.is_none() {
-        hints.push("no uv found: install it with `pip install uv` or pass --uv".to_owned());
+        hints.push(
+            "no uv found: on a miss `ensure` installs uv into the penv with the penv's pip"
+                .to_owned(),
+        );
     }
     if let (Some(host), Some(penv_version)) = (
         host_python.as_ref().and_then(|h| h.version.as_deref()),
-        snap.python_version.as_deref(),
+        python_version.as_deref(),
     ) && penv::major_minor(host) != penv::major_minor(penv_version)
     {
         hints.push(format!(
@@ -227,17 +252,20 @@ pub fn run(args: &StatusArgs) -> Result<()> {
                  `ensure` will recreate the penv"
         ));
     }
-    if let Some(unsatisfied) = dependencies.iter().find(|d| d.applies && !d.satisfied) {
-        hints.push(format!(
-            "`{}` is not satisfied (installed: {}): `ensure` will install it",
-            unsatisfied.requirement,
-            unsatisfied.installed.as_deref().unwrap_or("nothing")
-        ));
+    match (&decision, &disagreement) {
+        (Verdict::Hit(_), Some(why)) => hints.push(format!(
+            "{why}, yet nothing a hit compares changed (an edit in place keeps sizes and \
+             stamps): run `penv-guard ensure --verify` to reinstall and validate"
+        )),
+        (Verdict::Miss(..), Some(why)) => {
+            hints.push(format!("{why}: `ensure` will install it"));
+        }
+        _ => {}
     }
-    if let Some(MissReason::RacyStamp { .. }) = &verdict.reason {
+    if let Verdict::Miss(MissReason::RacyStamp { .. }, _) = &decision {
         hints.push(
-            "the last install was under 2 s before it was recorded; the next `ensure` re-checks \
-             imports once (no uv) and then hits"
+            "the last install changed files within the filesystem's timestamp granularity \
+             before it was recorded; the next `ensure` re-checks the files once and then hits"
                 .to_owned(),
         );
     }
@@ -247,7 +275,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         penv: PenvReport {
             exists: ctx.penv.root.is_dir(),
             python: ctx.penv.python(),
-            python_version: snap.python_version.clone(),
+            python_version: python_version.clone(),
             path: ctx.penv.root.clone(),
         },
         host_python,
@@ -305,17 +333,18 @@ fn state_report(
 
 fn dependency_table(
     ctx: &Context,
-    python_version: Option<&str>,
+    marker_env: Option<&crate::requirements::MarkerValues>,
     site_packages: Option<&std::path::Path>,
 ) -> Vec<DepReport> {
     let dists = site_packages
         .map(penv::installed_distributions)
         .unwrap_or_default();
+    let env = marker_env.and_then(crate::requirements::marker_environment);
     ctx.deps
         .iter()
         .map(|dep| {
             let dist = dists.get(dep.name());
-            let applies = python_version.is_none_or(|v| dep.applies_to(v));
+            let applies = dep.applies_to(env.as_ref());
             DepReport {
                 requirement: dep.canonical.clone(),
                 name: dep.name().to_owned(),

@@ -10,12 +10,15 @@ fn hold_lock(w: &World) -> std::fs::File {
         .write(true)
         .create(true)
         .truncate(false)
-        .open(w.penv.join(".penv-guard.lock"))
+        .open(w.lock_path())
         .unwrap();
     file.try_lock().unwrap();
     std::fs::write(
-        w.penv.join(".penv-guard.holder"),
-        r#"{"pid": 4242, "command": "pio run -e esp32dev", "since_unix": 0}"#,
+        w.holder_path(),
+        format!(
+            r#"{{"pid": {}, "command": "pio run -e esp32dev", "since_unix": 0}}"#,
+            std::process::id()
+        ),
     )
     .unwrap();
     file
@@ -44,7 +47,8 @@ fn held_lock_prints_a_wait_line_then_times_out_with_75() {
         "{}",
         run.stderr
     );
-    assert!(lines[0].contains("pid 4242"), "{}", run.stderr);
+    let pid = format!("pid {}", std::process::id());
+    assert!(lines[0].contains(&pid), "{}", run.stderr);
     assert!(run.stderr.contains(".penv-guard.lock"), "{}", run.stderr);
     assert!(
         run.stderr.contains("PENV_GUARD_LOCK_TIMEOUT"),
@@ -85,7 +89,6 @@ fn waiter_proceeds_once_the_holder_releases() {
 fn a_hit_does_not_wait_for_the_lock() {
     let w = World::new();
     w.ensure(&["alpha"]).run().ok();
-    w.settle();
     w.ensure(&["alpha"]).run().ok();
     let _held = hold_lock(&w);
     let run = w

@@ -173,7 +173,7 @@ impl Pio {
             .env("PLATFORMIO_SETTING_CHECK_PLATFORMIO_INTERVAL", "9999")
             .env("PLATFORMIO_DISABLE_PROGRESSBAR", "true")
             .env("PENV_GUARD_UV", &self.w.shim)
-            .env("UV_FIND_LINKS", &self.w.wheels)
+            .env("UV_FIND_LINKS", self.w.find_links())
             // uv has no env var for --no-index: an empty local default index keeps it off PyPI.
             .env("UV_DEFAULT_INDEX", self.w.empty_index_url())
             .env("UV_NO_CONFIG", "1")
@@ -283,7 +283,6 @@ fn pio_first_run_installs_then_warm_runs_are_hits_without_uv_or_python() {
 
     // A state recorded less than 2 s ago is re-checked once (an import subprocess); after
     // that, and from then on, every setup is a hit: no uv, no Python, no writes.
-    p.w.settle();
     let uv_before = p.uv_log();
     let second = p.run(&[]).ok();
     assert!(
@@ -417,7 +416,6 @@ fn pio_installs_esptool_editable_from_the_platform_package() {
     let state: Value =
         serde_json::from_str(&fs::read_to_string(p.w.state_path()).unwrap()).unwrap();
     assert_eq!(state["installed"]["esptool"], "5.6.0");
-    p.w.settle();
     p.run(&[]).ok();
     let warm = p.run(&[]).ok();
     assert_eq!(warm.statuses(), ["hit", "hit", "hit"], "{:#?}", warm.log);
@@ -464,7 +462,7 @@ fn pio_lock_timeout_says_retry() {
         .write(true)
         .create(true)
         .truncate(false)
-        .open(p.w.penv.join(".penv-guard.lock"))
+        .open(p.w.lock_path())
         .unwrap();
     lock.try_lock().unwrap();
     let output = p

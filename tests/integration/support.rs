@@ -27,6 +27,17 @@ pub fn real_uv() -> PathBuf {
     .clone()
 }
 
+/// `.tools/wheels`: the uv wheel (and nothing the tests build).
+pub fn tool_wheels() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/wheels");
+    assert!(
+        std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()),
+        "no uv wheel in {}: run scripts/setup",
+        dir.display()
+    );
+    dir
+}
+
 pub fn host_python() -> PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
@@ -201,7 +212,7 @@ impl World {
             .arg("--uv-cache-dir")
             .arg(&self.cache)
             .env("PLATFORMIO_CORE_DIR", self.dir.path().join("core"))
-            .env("UV_FIND_LINKS", &self.wheels)
+            .env("UV_FIND_LINKS", self.find_links())
             .env("UV_DEFAULT_INDEX", self.empty_index_url())
             .env("UV_PYTHON_DOWNLOADS", "never")
             .env("UV_NO_CONFIG", "1")
@@ -218,6 +229,15 @@ impl World {
             cmd = cmd.arg("--dep").arg(dep);
         }
         cmd
+    }
+
+    /// The world's wheels, then the uv wheel `scripts/setup` keeps in `.tools/wheels` (penv-guard
+    /// puts uv into every penv it creates, as pioarduino does).
+    pub fn find_links(&self) -> std::ffi::OsString {
+        let mut links = self.wheels.clone().into_os_string();
+        links.push(",");
+        links.push(tool_wheels());
+        links
     }
 
     pub fn empty_index_url(&self) -> String {
@@ -240,10 +260,13 @@ impl World {
         python_dir.path().join("site-packages")
     }
 
-    /// Waits until the recorded stamps are older than the racy window, so the next run can hit.
-    #[allow(clippy::unused_self)] // a method, so that tests read `w.settle()`
-    pub fn settle(&self) {
-        std::thread::sleep(std::time::Duration::from_millis(2100));
+    /// The lock beside the penv: `<core>/penv.penv-guard.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.penv.with_file_name("penv.penv-guard.lock")
+    }
+
+    pub fn holder_path(&self) -> PathBuf {
+        self.penv.with_file_name("penv.penv-guard.holder")
     }
 }
 

@@ -1,0 +1,55 @@
+//! `fingerprint`: the CI cache key. Its inputs are the canonical dependency list, the penv's
+//! Python version and real interpreter, the penv's real path, the `--esptool-dir`, OS and
+//! architecture: the same on every fresh machine with the same list, Python and OS (and the same
+//! core dir path). Nothing machine-local enters it: not uv, not an inode, not a time.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cli::FingerprintArgs;
+use crate::ensure::fingerprint_input;
+use crate::error::{Error, Result};
+use crate::messages;
+use crate::state::FingerprintInput;
+use crate::uv;
+use crate::verdict::Context;
+
+#[derive(Serialize)]
+struct FingerprintReport<'a> {
+    fingerprint: &'a str,
+    input: &'a FingerprintInput,
+    penv_exists: bool,
+}
+
+pub fn run(args: &FingerprintArgs) -> Result<()> {
+    let ctx = Context::resolve(&args.penv, &args.deps)?;
+    let version = ctx.penv.read_cfg().and_then(|cfg| cfg.version);
+    let penv_exists = version.is_some();
+    let input = if penv_exists {
+        fingerprint_input(&ctx, version, None)
+    } else {
+        // What the penv would be: created from the host Python.
+        let python = ctx.host_python().ok_or_else(|| Error::PythonNotFound {
+            python: ctx
+                .explicit_python
+                .clone()
+                .unwrap_or_else(|| "python3".into()),
+            message: "not found on PATH; pass --python".into(),
+        })?;
+        let (version, real) = uv::query_python(&python, Duration::from_secs(30))?;
+        fingerprint_input(&ctx, Some(version), Some(&real))
+    };
+    let fingerprint = input.hash();
+    if args.json {
+        let report = FingerprintReport {
+            fingerprint: &fingerprint,
+            input: &input,
+            penv_exists,
+        };
+        messages::println(&messages::json(&report, true));
+    } else {
+        messages::println(&fingerprint);
+    }
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! The decision a hit rests on: what was asked for (`Context`), compared with an already-loaded
+//! state and the stamps of the parts it recorded. Reads no file but the stamps' metadata: no
+//! PATH search, no symlink resolution (unless the penv path is spelled differently than when
+//! recorded), no subprocess, no lock.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cli::{DepArgs, PenvArgs};
+use crate::error::{Error, Result};
+use crate::penv::{self, Penv};
+use crate::requirements::DepSet;
+use crate::state::{self, ESPTOOL_PREFIX, Loaded, Request, Stamp, Stamps, State, path_text};
+
+/// The editable esptool project's files whose change (PlatformIO updating tool-esptoolpy in
+/// place) must be a miss.
+pub const ESPTOOL_PROJECT_FILES: [&str; 4] =
+    ["pyproject.toml", "setup.py", "setup.cfg", "package.json"];
+
+/// What is known before any subprocess: the inputs of the decision.
+pub struct Context {
+    pub penv: Penv,
+    pub deps: DepSet,
+    pub explicit_uv: Option<PathBuf>,
+    /// `--python` as given (made absolute when it is a path).
+    pub explicit_python: Option<PathBuf>,
+    pub cache_dir: PathBuf,
+    /// `--esptool-dir`, absolute.
+    pub esptool_dir: Option<PathBuf>,
+}
+
+impl Context {
+    pub fn resolve(penv_args: &PenvArgs, dep_args: &DepArgs) -> Result<Context> {
+        let penv = Penv::resolve(penv_args.penv.as_deref())?;
+        let deps = DepSet::from_args(dep_args)?;
+        let cache_dir = match &penv_args.uv_cache_dir {
+            Some(dir) => dir.clone(),
+            None => penv::core_dir()?.join(".cache").join("uv"),
+        };
+        let esptool_dir = match &dep_args.esptool_dir {
+            Some(dir) if dir.is_dir() => Some(crate::uv::absolute(dir)),
+            Some(dir) => {
+                return Err(Error::Usage(format!(
+                    "--esptool-dir {} is not a directory",
+                    dir.display()
+                )));
+            }
+            None => None,
+        };
+        let explicit_python = penv_args.python.as_deref().map(|p| {
+            if p.components().count() > 1 {
+                crate::uv::absolute(p)
+            } else {
+                p.to_path_buf()
+            }
+        });
+        Ok(Context {
+            esptool_dir,
+            explicit_python,
+            explicit_uv: penv_args.uv.clone(),
+            penv,
+            deps,
+            cache_dir,
+        })
+    }
+
+    pub fn request(&self) -> Request {
+        Request {
+            deps: self.deps.canonical_lines(),
+            esptool_dir: self.esptool_dir.as_deref().map(path_text),
+            penv: path_text(&self.penv.root),
+            os: std::env::consts::OS.to_owned(),
+            arch: std::env::consts::ARCH.to_owned(),
+        }
+    }
+
+    /// The host Python that creates the penv: `--python`, else `python3` on PATH (miss path only).
+    pub fn host_python(&self) -> Option<PathBuf> {
+        crate::uv::find_python(self.explicit_python.as_deref())
+    }
+
+    pub fn uv(&self) -> Option<PathBuf> {
+        crate::uv::find_uv(
+            self.explicit_uv.as_deref(),
+            &self.penv,
+            self.explicit_python.as_deref(),
+        )
+    }
+
+    /// The file a stamp key names.
+    pub fn stamp_path(&self, key: &str) -> Option<PathBuf> {
+        match key.strip_prefix(ESPTOOL_PREFIX) {
+            Some(file) => Some(self.esptool_dir.as_ref()?.join(file)),
+            None => Some(self.penv.root.join(key)),
+        }
+    }
+
+    /// The stamps of the same parts `recorded` names, as they are now.
+    pub fn stamps_like(&self, recorded: &Stamps) -> Stamps {
+        recorded
+            .keys()
+            .map(|key| {
+                let stamp = self.stamp_path(key).as_deref().and_then(Stamp::of);
+                (key.clone(), stamp)
+            })
+            .collect()
+    }
+
+    /// The penv's real path as text (resolved; for the fingerprint and a moved-penv check).
+    pub fn penv_real_text(&self) -> String {
+        path_text(
+            &std::fs::canonicalize(&self.penv.root).unwrap_or_else(|_| self.penv.root.clone()),
+        )
+    }
+
+    /// Whether an explicit `--python` still names the interpreter recorded in `state`.
+    fn same_host_python(&self, state: &State) -> bool {
+        let Some(python) = &self.explicit_python else {
+            return true;
+        };
+        let path = if python.components().count() > 1 {
+            python.clone()
+        } else {
+            match which::which(python) {
+                Ok(path) => path,
+                Err(_) => return false,
+            }
+        };
+        state
+            .host_python
+            .as_ref()
+            .is_some_and(|h| h.path == path_text(&path) && h.stamp == Stamp::of(&path))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MissReason {
+    NoPenv,
+    NoState,
+    CorruptState {
+        detail: String,
+    },
+    UnknownSchema {
+        schema: u64,
+    },
+    DepsChanged {
+        added: Vec<String>,
+        removed: Vec<String>,
+    },
+    EsptoolDirChanged {
+        recorded: Option<String>,
+        now: Option<String>,
+    },
+    PenvMoved {
+        recorded: String,
+        now: String,
+    },
+    PlatformChanged,
+    HostPythonChanged,
+    EsptoolProjectChanged {
+        files: Vec<String>,
+    },
+    StampChanged {
+        parts: Vec<String>,
+    },
+    RacyStamp {
+        parts: Vec<String>,
+    },
+    Verify,
+}
+
+impl std::fmt::Display for MissReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MissReason::NoPenv => f.write_str("the penv does not exist"),
+            MissReason::NoState => f.write_str("no state recorded yet"),
+            MissReason::CorruptState { detail } => {
+                write!(f, "the state file is unusable ({detail})")
+            }
+            MissReason::UnknownSchema { schema } => {
+                write!(f, "the state file has unknown schema {schema}")
+            }
+            MissReason::DepsChanged { added, removed } => {
+                write!(f, "the dependency list changed")?;
+                if !added.is_empty() {
+                    write!(f, "; new: {}", added.join(", "))?;
+                }
+                if !removed.is_empty() {
+                    write!(f, "; dropped: {}", removed.join(", "))?;
+                }
+                Ok(())
+            }
+            MissReason::EsptoolDirChanged { recorded, now } => write!(
+                f,
+                "the --esptool-dir changed ({} -> {})",
+                recorded.as_deref().unwrap_or("none"),
+                now.as_deref().unwrap_or("none")
+            ),
+            MissReason::PenvMoved { recorded, now } => write!(
+                f,
+                "the penv was moved or copied (recorded at {recorded}, now at {now}); \
+                 venvs are not relocatable, so it is recreated"
+            ),
+            MissReason::PlatformChanged => f.write_str("the OS or architecture changed"),
+            MissReason::HostPythonChanged => f.write_str("the host Python (--python) changed"),
+            MissReason::EsptoolProjectChanged { files } => write!(
+                f,
+                "the editable esptool project changed in place (tool-esptoolpy updated): {}",
+                files.join(", ")
+            ),
+            MissReason::StampChanged { parts } => {
+                write!(f, "changed behind penv-guard's back: {}", parts.join(", "))
+            }
+            MissReason::RacyStamp { parts } => write!(
+                f,
+                "the recorded stamp is too recent to trust (racy): {}",
+                parts.join(", ")
+            ),
+            MissReason::Verify => f.write_str("--verify"),
+        }
+    }
+}
+
+pub enum Verdict {
+    Hit(Box<State>),
+    Miss(MissReason, Option<Box<State>>),
+}
+
+pub fn decide(ctx: &Context, loaded: Loaded) -> Verdict {
+    let state = match loaded {
+        Loaded::Missing if !ctx.penv.pyvenv_cfg().exists() => {
+            return Verdict::Miss(MissReason::NoPenv, None);
+        }
+        Loaded::Missing => return Verdict::Miss(MissReason::NoState, None),
+        Loaded::Corrupt(detail) => return Verdict::Miss(MissReason::CorruptState { detail }, None),
+        Loaded::UnknownSchema(schema) => {
+            return Verdict::Miss(MissReason::UnknownSchema { schema }, None);
+        }
+        Loaded::Valid(state) => state,
+    };
+    match explain(ctx, &state) {
+        Some(reason) => Verdict::Miss(reason, Some(state)),
+        None => Verdict::Hit(state),
+    }
+}
+
+fn explain(ctx: &Context, state: &State) -> Option<MissReason> {
+    let (old, new) = (&state.request, ctx.request());
+    if old.deps != new.deps {
+        return Some(MissReason::DepsChanged {
+            added: new
+                .deps
+                .iter()
+                .filter(|d| !old.deps.contains(d))
+                .cloned()
+                .collect(),
+            removed: old
+                .deps
+                .iter()
+                .filter(|d| !new.deps.contains(d))
+                .cloned()
+                .collect(),
+        });
+    }
+    if old.esptool_dir != new.esptool_dir {
+        return Some(MissReason::EsptoolDirChanged {
+            recorded: old.esptool_dir.clone(),
+            now: new.esptool_dir,
+        });
+    }
+    if (&old.os, &old.arch) != (&new.os, &new.arch) {
+        return Some(MissReason::PlatformChanged);
+    }
+    if old.penv != new.penv {
+        // Another spelling of the same place is fine; another place is a moved or copied penv.
+        let real = ctx.penv_real_text();
+        if real != state.fingerprint_input.penv {
+            return Some(MissReason::PenvMoved {
+                recorded: state.fingerprint_input.penv.clone(),
+                now: real,
+            });
+        }
+    }
+    if !ctx.same_host_python(state) {
+        return Some(MissReason::HostPythonChanged);
+    }
+    let now = ctx.stamps_like(&state.stamps);
+    let changed = state::differences(&state.stamps, &now);
+    if !changed.is_empty() {
+        let (esptool, other): (Vec<String>, Vec<String>) = changed
+            .into_iter()
+            .partition(|part| part.starts_with(ESPTOOL_PREFIX));
+        return Some(if other.is_empty() {
+            MissReason::EsptoolProjectChanged {
+                files: esptool
+                    .iter()
+                    .map(|p| p.trim_start_matches(ESPTOOL_PREFIX).to_owned())
+                    .collect(),
+            }
+        } else {
+            MissReason::StampChanged {
+                parts: other.into_iter().chain(esptool).collect(),
+            }
+        });
+    }
+    let racy = state::racy_parts(&state.stamps, state.recorded_at_ns, state.racy_window_ns);
+    if !racy.is_empty() {
+        return Some(MissReason::RacyStamp { parts: racy });
+    }
+    None
+}
+
+/// The parts a new state stamps: `pyvenv.cfg`, the interpreter, site-packages, the site-packages
+/// entry of every validated module, the penv's uv, and the esptool project's files.
+pub fn stamp_keys(ctx: &Context, site_packages: &Path, module_entries: &[String]) -> Vec<String> {
+    let relative = site_packages
+        .strip_prefix(&ctx.penv.root)
+        .map_or_else(|_| path_text(site_packages), path_text);
+    let bin = |name: &Path| {
+        name.strip_prefix(&ctx.penv.root)
+            .map_or_else(|_| path_text(name), path_text)
+    };
+    let mut keys = vec![
+        "pyvenv.cfg".to_owned(),
+        bin(&ctx.penv.python()),
+        bin(&ctx.penv.uv()),
+        relative.clone(),
+    ];
+    keys.extend(module_entries.iter().map(|e| format!("{relative}/{e}")));
+    if ctx.esptool_dir.is_some() {
+        keys.extend(
+            ESPTOOL_PROJECT_FILES
+                .iter()
+                .map(|f| format!("{ESPTOOL_PREFIX}{f}")),
+        );
+    }
+    keys
+}
