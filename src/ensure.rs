@@ -248,20 +248,19 @@ impl Run<'_> {
         uv::pip_install(&request)?;
         phases.end("install");
 
+        // What uv called satisfied must also be whole: every RECORD file present with its size,
+        // every requirement's version allowed. Damaged distributions are reinstalled once.
+        let marker_env = validate::marker_environment(&ctx.penv.python(), timeout)?;
         let site_packages = self.site_packages()?;
         let mut dists = penv::installed_distributions(&site_packages);
-        let broken: Vec<String> = penv::record_problems(&dists)
-            .into_iter()
-            .map(|p| p.normalized)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !broken.is_empty() {
+        let damaged = self.damaged(&dists, &marker_env);
+        if !damaged.is_empty() {
             self.say(format_args!(
-                "files listed in RECORD are missing or changed in {}; reinstalling them",
-                broken.join(", ")
+                "{} damaged or not as required (files listed in RECORD missing or changed, or \
+                 a version that does not satisfy the list); reinstalling",
+                damaged.join(", ")
             ));
-            request.reinstall = &broken;
+            request.reinstall = &damaged;
             uv::pip_install(&request)?;
             dists = penv::installed_distributions(&site_packages);
             if let Some(problem) = penv::record_problems(&dists).into_iter().next() {
@@ -273,8 +272,6 @@ impl Run<'_> {
             }
         }
         phases.end("record_check");
-
-        let marker_env = validate::marker_environment(&ctx.penv.python(), timeout)?;
         let checked = self.check_installed(marker_env, &dists)?;
         validate::validate_imports(&ctx.penv.python(), &checked.import_pairs(), timeout)?;
         phases.end("validate");
@@ -291,6 +288,35 @@ impl Run<'_> {
             phases.start.elapsed().as_secs_f64()
         ));
         Ok(state)
+    }
+
+    /// Normalized names of distributions to reinstall: a RECORD file missing or of another size,
+    /// or a requirement that applies and is not met by what METADATA says.
+    fn damaged(
+        &self,
+        dists: &BTreeMap<String, Installed>,
+        marker_env: &MarkerValues,
+    ) -> Vec<String> {
+        let env = marker_environment(marker_env);
+        let unmet = self
+            .ctx
+            .deps
+            .iter()
+            .filter(|dep| dep.applies_to(env.as_ref()) && !dep.is_url())
+            .filter(|dep| {
+                dists
+                    .get(dep.name())
+                    .is_some_and(|dist| !dep.satisfied_by(&dist.version))
+            })
+            .map(|dep| dep.name().to_owned());
+        let mut names: Vec<String> = penv::record_problems(dists)
+            .into_iter()
+            .map(|p| p.normalized)
+            .chain(unmet)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     fn host_python(&self, timeout: Duration) -> Result<Option<HostPython>> {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod adversarial;
 mod cli;
 mod ensure;
 mod lock;

@@ -103,6 +103,12 @@ impl Wheel {
         self
     }
 
+    /// RECORD claims `size` bytes for `path`: damage no reinstall repairs.
+    pub fn record_size(mut self, path: &str, size: u64) -> Wheel {
+        self.args.push(format!("--record-size={path}={size}"));
+        self
+    }
+
     pub fn top_level(mut self, name: &str) -> Wheel {
         self.args.push(format!("--top-level={name}"));
         self

@@ -1,0 +1,758 @@
+//! Attacks on the two promises: a hit is a guarantee, and nothing is ever lost (no foreign data
+//! deleted, no install outside the lock, no hang, no panic). Each test is named after what it
+//! guards and failed on penv-guard 0.1.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{BIN, Run, TestCommand, Wheel, World, editable_project, host_python};
+
+/// Runs to completion within `limit`, or kills the process and fails: a hang is a failure.
+#[track_caller]
+fn within(command: TestCommand, limit: Duration) -> Run {
+    let mut child = command.spawn();
+    finish_within(&mut child, limit)
+}
+
+#[track_caller]
+fn finish_within(child: &mut Child, limit: Duration) -> Run {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output_ref();
+            panic!("still running after {limit:?}: {}", out.stderr);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output_ref()
+}
+
+trait WaitRef {
+    fn wait_with_output_ref(&mut self) -> Run;
+}
+
+impl WaitRef for Child {
+    fn wait_with_output_ref(&mut self) -> Run {
+        use std::io::Read as _;
+        let status = self.wait().unwrap();
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        if let Some(mut out) = self.stdout.take() {
+            let _ = out.read_to_string(&mut stdout);
+        }
+        if let Some(mut err) = self.stderr.take() {
+            let _ = err.read_to_string(&mut stderr);
+        }
+        Run {
+            code: status.code(),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+fn mkfifo(path: &Path) {
+    assert!(
+        Command::new("mkfifo").arg(path).status().unwrap().success(),
+        "mkfifo {}",
+        path.display()
+    );
+}
+
+/// A shim that also takes an flock of its own for as long as uv runs (uv inherits the fd): a
+/// second install that starts while an earlier one still runs logs `OVERLAP`.
+fn write_overlap_shim(w: &World, extra: &str) -> PathBuf {
+    let overlap = w.dir.path().join("overlap.lock");
+    w.write_shim(&format!(
+        "exec 9>>'{lock}'\nif ! flock -n 9; then echo \"$$ OVERLAP $(date +%s.%N) $*\" >> '{log}'; fi\n{extra}",
+        lock = overlap.display(),
+        log = w.uv_log.display(),
+    ));
+    overlap
+}
+
+/// Waits until the shim has started `count` installs.
+fn wait_for_installs(w: &World, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.installs() < count {
+        assert!(
+            Instant::now() < deadline,
+            "never saw install #{count} start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn status_json(w: &World, deps: &[&str]) -> serde_json::Value {
+    let mut command = w.cmd("status").arg("--json");
+    for dep in deps {
+        command = command.arg("--dep").arg(dep);
+    }
+    let run = command.run().ok();
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+fn signal(child: &Child, name: &str) {
+    assert!(
+        Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nothing is lost
+
+#[test]
+fn penv_at_an_ordinary_directory_is_refused_and_nothing_in_it_is_deleted() {
+    let w = World::new();
+    let thesis = w.dir.path().join("d");
+    fs::create_dir_all(thesis.join("src")).unwrap();
+    fs::write(thesis.join("thesis.tex"), "x").unwrap();
+    fs::write(thesis.join("src/main.c"), "int main;").unwrap();
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--penv")
+        .arg(&thesis)
+        .run()
+        .code(2);
+    assert!(
+        run.stderr.contains(&*thesis.to_string_lossy()) && run.stderr.contains("pyvenv.cfg"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fs::read_to_string(thesis.join("thesis.tex")).unwrap(), "x");
+    assert!(thesis.join("src/main.c").is_file());
+    assert_eq!(w.installs(), 0, "nothing was installed there");
+    assert_eq!(w.uv_calls("venv"), 0, "no venv was made there");
+}
+
+#[test]
+fn deleting_the_penv_during_an_install_does_not_let_a_second_install_run_beside_it() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    write_overlap_shim(&w, "case \"$*\" in *'pip install'*) sleep 3;; esac");
+    let mut first = w.ensure(&["alpha", "single"]).spawn();
+    wait_for_installs(&w, 2);
+    fs::remove_dir_all(&w.penv).unwrap();
+    let second = within(
+        w.ensure(&["alpha", "single"])
+            .arg("--json")
+            .arg("--lock-timeout")
+            .arg("120"),
+        Duration::from_secs(120),
+    );
+    let _ = finish_within(&mut first, Duration::from_secs(60));
+    let log = fs::read_to_string(&w.uv_log).unwrap();
+    assert!(!log.contains("OVERLAP"), "two installs ran at once:\n{log}");
+    assert!(
+        second.stderr.contains("waiting for the penv lock"),
+        "{}",
+        second.stderr
+    );
+    let second = second.ok();
+    assert_eq!(second.json()["installed"]["single"], "1.0");
+}
+
+// ---------------------------------------------------------------------------------------------
+// No false hits
+
+#[test]
+fn esptool_project_updated_in_place_is_a_miss_that_installs_its_new_dependency() {
+    let w = World::new();
+    let tool = editable_project(w.dir.path(), "esptool", "4.0", "VERSION = 4\n");
+    let run = |w: &World| {
+        w.ensure(&["postpkg"])
+            .arg("--esptool-dir")
+            .arg(&tool)
+            .arg("--json")
+            .run()
+            .ok()
+    };
+    assert_eq!(run(&w).status(), "installed");
+    assert_eq!(run(&w).status(), "hit");
+    // PlatformIO updates tool-esptoolpy at the same path: a new version needing alpha.
+    fs::write(
+        tool.join("esptool/__init__.py"),
+        "import alpha\nVERSION = 5\n",
+    )
+    .unwrap();
+    let pyproject = fs::read_to_string(tool.join("pyproject.toml")).unwrap();
+    fs::write(
+        tool.join("pyproject.toml"),
+        pyproject.replace(
+            "version = \"4.0\"",
+            "version = \"5.0\"\ndependencies = [\"alpha<2\"]",
+        ),
+    )
+    .unwrap();
+    let after = run(&w);
+    assert_eq!(after.status(), "installed", "{}", after.stderr);
+    assert_eq!(after.json()["installed"]["esptool"], "5.0");
+    let import = Command::new(w.penv.join("bin/python"))
+        .args(["-c", "import esptool; print(esptool.VERSION)"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&import.stdout).trim(), "5");
+}
+
+#[test]
+fn a_distribution_missing_recorded_files_is_reinstalled_not_recorded_as_good() {
+    let w = World::new();
+    Wheel::new("deep", "1.0")
+        .module("deep", "")
+        .file("deep/sub/__init__.py", "")
+        .file("deep/sub/data.py", "X = 1")
+        .build(&w.wheels);
+    w.ensure(&["deep"]).run().ok();
+    // A full disk made uv stop half-way: a file RECORD lists is gone, the dist-info is there.
+    let data = w.site_packages().join("deep/sub/data.py");
+    fs::remove_file(&data).unwrap();
+    let run = w.ensure(&["deep", "single"]).arg("--json").run().ok();
+    assert_eq!(run.status(), "installed");
+    assert!(data.is_file(), "the missing file was reinstalled");
+    assert!(run.stderr.contains("deep"), "{}", run.stderr);
+    // On demand: --verify finds it too.
+    fs::remove_file(&data).unwrap();
+    w.ensure(&["deep", "single"]).arg("--verify").run().ok();
+    assert!(data.is_file());
+}
+
+#[test]
+fn a_damaged_distribution_no_reinstall_repairs_exits_3_naming_the_file() {
+    let w = World::new();
+    Wheel::new("damaged", "1.0")
+        .module("damaged", "X = 1")
+        .record_size("damaged/__init__.py", 999)
+        .build(&w.wheels);
+    let run = w.ensure(&["damaged"]).run().code(3);
+    assert!(
+        run.stderr.contains("damaged/__init__.py") && run.stderr.contains("999"),
+        "{}",
+        run.stderr
+    );
+    assert!(!w.state_path().exists());
+}
+
+#[test]
+fn files_removed_inside_a_package_directory_are_a_miss() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let init = w.site_packages().join("alpha/__init__.py");
+    fs::remove_file(&init).unwrap();
+    let run = w.ensure(&["alpha"]).arg("--json").run().ok();
+    assert_eq!(run.status(), "installed", "{}", run.stderr);
+    assert!(init.is_file());
+}
+
+#[test]
+fn a_moved_penv_is_recreated_not_trusted() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let moved = w.dir.path().join("core/penv2");
+    fs::rename(&w.penv, &moved).unwrap();
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--penv")
+        .arg(&moved)
+        .arg("--json")
+        .arg("-v")
+        .run()
+        .ok();
+    assert_eq!(run.status(), "installed");
+    assert!(run.stderr.contains("moved"), "{}", run.stderr);
+    let activate = fs::read_to_string(moved.join("bin/activate")).unwrap();
+    assert!(
+        activate.contains(&format!("VIRTUAL_ENV='{}'", moved.display())),
+        "the venv was recreated at its new path"
+    );
+}
+
+#[test]
+fn markers_are_evaluated_with_the_penv_interpreters_own_values() {
+    let w = World::new();
+    let run = w
+        .ensure(&["alpha ; platform_release >= \"1\""])
+        .arg("--json")
+        .run()
+        .ok();
+    assert!(
+        run.json()["installed"]["alpha"].is_string(),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.json()["modules"]["alpha"], serde_json::json!(["alpha"]));
+}
+
+#[test]
+fn status_after_a_hand_edited_metadata_is_stale_and_names_verify() {
+    let w = World::new();
+    w.ensure(&["alpha<2"]).run().ok();
+    let metadata = w.site_packages().join("alpha-1.0.dist-info/METADATA");
+    let text = fs::read_to_string(&metadata).unwrap();
+    // A new file renamed over it: uv hard-links installed files from its cache, so an edit in
+    // place would change the cached wheel too.
+    let edited = metadata.with_extension("edited");
+    fs::write(&edited, text.replace("Version: 1.0", "Version: 3.0")).unwrap();
+    fs::rename(&edited, &metadata).unwrap();
+    let report = status_json(&w, &["alpha<2"]);
+    assert_eq!(report["verdict"]["result"], "stale", "{report}");
+    assert_eq!(report["dependencies"][0]["satisfied"], false);
+    let hints = report["hints"].to_string();
+    assert!(hints.contains("--verify"), "{hints}");
+    assert!(!hints.contains("will install"), "{hints}");
+    w.ensure(&["alpha<2"]).arg("--verify").run().ok();
+    let report = status_json(&w, &["alpha<2"]);
+    assert_eq!(report["verdict"]["result"], "hit", "{report}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// No install outside the lock
+
+fn signal_mid_install_then_second_run(signal_name: &str) {
+    let w = World::new();
+    w.ensure(&["alpha<2"]).run().ok();
+    write_overlap_shim(&w, "case \"$*\" in *'pip install'*) sleep 4;; esac");
+    let mut first = w.ensure(&["alpha<2", "single"]).spawn();
+    wait_for_installs(&w, 2);
+    signal(&first, signal_name);
+    let first = finish_within(&mut first, Duration::from_secs(30));
+    assert_ne!(first.code, Some(0));
+    write_overlap_shim(&w, "");
+    let second = within(
+        w.ensure(&["alpha<2", "postpkg"])
+            .arg("--json")
+            .arg("--lock-timeout")
+            .arg("60"),
+        Duration::from_secs(90),
+    )
+    .ok();
+    // Let a possible orphan finish before reading the log.
+    std::thread::sleep(Duration::from_secs(5));
+    let log = fs::read_to_string(&w.uv_log).unwrap();
+    assert!(
+        !log.contains("OVERLAP"),
+        "an install ran outside the lock:\n{log}"
+    );
+    assert_eq!(second.json()["installed"]["postpkg"], "1.0.post1");
+    let status = status_json(&w, &["alpha<2", "postpkg"]);
+    assert_eq!(
+        status["verdict"]["result"], "hit",
+        "the penv still matches the second run's list: {status}"
+    );
+}
+
+#[test]
+fn sigterm_mid_install_stops_uv_before_the_lock_is_released() {
+    signal_mid_install_then_second_run("TERM");
+}
+
+#[test]
+fn sigint_mid_install_stops_uv_before_the_lock_is_released() {
+    signal_mid_install_then_second_run("INT");
+}
+
+#[test]
+fn sigkill_mid_install_leaves_the_lock_with_uv_until_it_is_gone() {
+    signal_mid_install_then_second_run("KILL");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Never hang, never panic
+
+#[test]
+fn install_timeout_holds_when_an_import_leaves_a_child_holding_the_output() {
+    let w = World::new();
+    Wheel::new("spawner", "1.0")
+        .module(
+            "spawner",
+            "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])",
+        )
+        .build(&w.wheels);
+    let start = Instant::now();
+    within(
+        w.ensure(&["spawner"]).arg("--install-timeout").arg("20"),
+        Duration::from_secs(60),
+    )
+    .ok();
+    assert!(
+        start.elapsed() < Duration::from_secs(40),
+        "waited for the grandchild: {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn install_timeout_holds_when_an_import_never_returns() {
+    let w = World::new();
+    Wheel::new("forever", "1.0")
+        .module(
+            "forever",
+            "import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\ntime.sleep(600)",
+        )
+        .build(&w.wheels);
+    let run = within(
+        w.ensure(&["forever"]).arg("--install-timeout").arg("3"),
+        Duration::from_secs(60),
+    )
+    .code(3);
+    assert!(run.stderr.contains("timeout"), "{}", run.stderr);
+    assert!(!w.state_path().exists());
+}
+
+#[test]
+fn a_fifo_at_the_state_path_is_a_miss_not_a_hang() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    fs::remove_file(w.state_path()).unwrap();
+    mkfifo(&w.state_path());
+    let status = within(
+        w.cmd("status").args(["--dep", "alpha", "--json"]),
+        Duration::from_secs(30),
+    )
+    .ok();
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["state"]["condition"], "corrupt");
+    let run = within(w.ensure(&["alpha"]).arg("--json"), Duration::from_secs(60)).ok();
+    assert_eq!(run.status(), "installed");
+    let aside: Vec<_> = fs::read_dir(&w.penv)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("displaced"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the FIFO was moved aside, not deleted");
+}
+
+#[test]
+fn a_symlink_from_the_state_path_to_dev_zero_is_a_miss_not_a_memory_blowup() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    fs::remove_file(w.state_path()).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", w.state_path()).unwrap();
+    let run = within(w.ensure(&["alpha"]).arg("--json"), Duration::from_secs(60)).ok();
+    assert_eq!(run.status(), "installed");
+    assert!(w.state_path().is_file() && !w.state_path().is_symlink());
+}
+
+#[test]
+fn a_directory_at_the_state_path_is_a_miss_and_is_kept() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    fs::remove_file(w.state_path()).unwrap();
+    fs::create_dir(w.state_path()).unwrap();
+    fs::write(w.state_path().join("keep.txt"), "mine").unwrap();
+    let run = w.ensure(&["alpha"]).arg("--json").run().ok();
+    assert_eq!(run.status(), "installed");
+    let kept = fs::read_dir(&w.penv)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().contains("displaced"))
+        .expect("moved aside");
+    assert_eq!(
+        fs::read_to_string(kept.path().join("keep.txt")).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
+fn a_fifo_at_the_holder_path_does_not_block_a_lock_wait() {
+    let w = World::new();
+    fs::create_dir_all(w.penv.parent().unwrap()).unwrap();
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(w.lock_path())
+        .unwrap();
+    lock.try_lock().unwrap();
+    mkfifo(&w.holder_path());
+    let start = Instant::now();
+    within(
+        w.ensure(&["alpha"]).arg("--lock-timeout").arg("1"),
+        Duration::from_secs(30),
+    )
+    .code(75);
+    assert!(start.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn non_utf8_uv_and_python_paths_do_not_panic() {
+    let w = World::new();
+    let odd = w.dir.path().join(std::ffi::OsStr::from_bytes(b"b\xff"));
+    fs::create_dir_all(&odd).unwrap();
+    std::os::unix::fs::symlink(&w.shim, odd.join("uv")).unwrap();
+    std::os::unix::fs::symlink(host_python(), odd.join("python3")).unwrap();
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--uv")
+        .arg(odd.join("uv"))
+        .arg("--json")
+        .run()
+        .ok();
+    assert_eq!(run.status(), "installed");
+    for command in [
+        w.ensure(&["alpha"])
+            .arg("--python")
+            .arg(odd.join("python3")),
+        w.ensure(&["alpha", "single"])
+            .arg("--python")
+            .arg(odd.join("python3"))
+            .arg("--uv")
+            .arg(odd.join("uv")),
+        w.cmd("status")
+            .arg("--dep")
+            .arg("alpha")
+            .arg("--uv")
+            .arg(odd.join("uv"))
+            .arg("--json"),
+        w.cmd("fingerprint").arg("--dep").arg("alpha").arg("--json"),
+    ] {
+        let run = command.run();
+        assert!(
+            matches!(run.code, Some(0..=4)),
+            "{:?}: {}",
+            run.code,
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn a_huge_install_timeout_does_not_overflow() {
+    let w = World::new();
+    w.ensure(&["alpha"])
+        .arg("--install-timeout")
+        .arg("1e19")
+        .arg("--lock-timeout")
+        .arg("1e300")
+        .run()
+        .ok();
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly_without_a_panic() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    for args in [
+        vec!["status", "--dep", "alpha"],
+        vec!["status", "--dep", "alpha", "--json"],
+        vec!["fingerprint", "--dep", "alpha", "--json"],
+        vec!["ensure", "--dep", "alpha", "--json"],
+        vec!["size", "--project-dir", "."],
+    ] {
+        let mut command = w.cmd(args[0]).args(&args[1..]).command;
+        // `| true`: the reader is gone before penv-guard writes.
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let run = finish_within(&mut child, Duration::from_secs(30));
+        assert_ne!(run.code, Some(101), "{args:?}: {}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{args:?}: {}", run.stderr);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files, locks and other users
+
+#[test]
+fn a_dangling_symlink_at_the_lock_path_is_not_followed() {
+    let w = World::new();
+    fs::create_dir_all(w.penv.parent().unwrap()).unwrap();
+    let target = w.dir.path().join("elsewhere/created-by-follow");
+    fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&target, w.lock_path()).unwrap();
+    let run = w.ensure(&["alpha"]).run().code(2);
+    assert!(
+        run.stderr.contains(&*w.lock_path().to_string_lossy()) && run.stderr.contains("symlink"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !target.exists(),
+        "penv-guard created a file through the symlink"
+    );
+}
+
+/// `command` run through `program args…` (a shell that sets the umask, `setpriv`).
+fn wrapped(command: &Command, program: &str, args: &[&str]) -> Command {
+    let mut outer = Command::new(program);
+    outer
+        .args(args)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => outer.env(key, value),
+            None => outer.env_remove(key),
+        };
+    }
+    outer
+}
+
+#[test]
+fn state_and_lock_follow_the_umask_so_other_users_can_read_them() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = World::new();
+    let command = w.ensure(&["alpha"]).command;
+    let out = wrapped(&command, "sh", &["-c", "umask 022; exec \"$0\" \"$@\""])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = fs::metadata(w.state_path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "state mode {mode:o}");
+    let mode = fs::metadata(w.lock_path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "lock mode {mode:o}");
+}
+
+const AS_NOBODY: [&str; 3] = ["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
+
+/// `penv-guard ARGS` as the user nobody, or `None` where nobody cannot run the binary or the
+/// system Python (the test then has nothing to show).
+fn as_nobody(w: &World, args: &[&str]) -> Option<Run> {
+    let probe = wrapped(&Command::new(BIN), "setpriv", &AS_NOBODY)
+        .arg("--version")
+        .output()
+        .ok()?;
+    if !probe.status.success() || !Path::new("/usr/bin/python3").is_file() {
+        eprintln!("skipped: nobody cannot run {BIN} or there is no /usr/bin/python3");
+        return None;
+    }
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .arg("--penv")
+        .arg(&w.penv)
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("PENV_GUARD_UV")
+        .env_remove("PLATFORMIO_OFFLINE");
+    Some(Run::from(
+        wrapped(&command, "setpriv", &AS_NOBODY).output().unwrap(),
+    ))
+}
+
+#[test]
+fn another_user_who_can_read_the_state_gets_hits_and_one_who_cannot_lock_is_told_why() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = World::new();
+    // A penv whose interpreter every user can run (a Docker image, a shared CI cache).
+    w.ensure(&["alpha"])
+        .arg("--python")
+        .arg("/usr/bin/python3")
+        .run()
+        .ok();
+    fs::set_permissions(w.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(hit) = as_nobody(&w, &["ensure", "--dep", "alpha", "--json"]) else {
+        return;
+    };
+    let hit = hit.ok();
+    assert_eq!(hit.status(), "hit");
+    let miss = as_nobody(&w, &["ensure", "--dep", "alpha", "--dep", "single"]).unwrap();
+    assert_eq!(miss.code, Some(1), "{}", miss.stderr);
+    assert!(
+        miss.stderr.contains(&*w.lock_path().to_string_lossy())
+            && miss.stderr.contains("permission denied"),
+        "{}",
+        miss.stderr
+    );
+}
+
+#[test]
+fn a_holder_record_is_cleared_on_release_and_a_dead_pid_is_never_named() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    assert!(!w.holder_path().exists(), "the record outlived its lock");
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(w.lock_path())
+        .unwrap();
+    lock.try_lock().unwrap();
+    fs::write(
+        w.holder_path(),
+        format!(r#"{{"pid": {dead_pid}, "command": "old run", "since_unix": 0}}"#),
+    )
+    .unwrap();
+    let run = w
+        .ensure(&["alpha", "single"])
+        .arg("--lock-timeout")
+        .arg("0")
+        .run()
+        .code(75);
+    assert!(
+        !run.stderr.contains(&format!("pid {dead_pid}")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("an unknown process"), "{}", run.stderr);
+}
+
+#[test]
+fn a_hit_needs_no_uv_and_another_uv_changes_nothing() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let fingerprint = w.cmd("fingerprint").arg("--dep").arg("alpha").run().ok();
+    // No uv anywhere: PATH without it, no --uv.
+    let mut command = Command::new(BIN);
+    command
+        .args(["ensure", "--dep", "alpha", "--json", "--penv"])
+        .arg(&w.penv)
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("PENV_GUARD_UV");
+    let run = Run::from(command.output().unwrap()).ok();
+    assert_eq!(run.status(), "hit");
+    let other_uv = w.dir.path().join("other/uv");
+    fs::create_dir_all(other_uv.parent().unwrap()).unwrap();
+    fs::copy(&w.shim, &other_uv).unwrap();
+    let again = w
+        .cmd("fingerprint")
+        .arg("--dep")
+        .arg("alpha")
+        .arg("--uv")
+        .arg(&other_uv)
+        .run()
+        .ok();
+    assert_eq!(again.stdout, fingerprint.stdout);
+    assert_eq!(
+        w.ensure(&["alpha"])
+            .arg("--uv")
+            .arg(&other_uv)
+            .arg("--json")
+            .run()
+            .ok()
+            .status(),
+        "hit"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exit codes that match the documentation
+
+#[test]
+fn a_missing_requirements_file_is_bad_input() {
+    let w = World::new();
+    let missing = w.dir.path().join("no-such-requirements.txt");
+    let run = w.cmd("ensure").arg("-r").arg(&missing).run().code(2);
+    assert!(
+        run.stderr.contains(&*missing.to_string_lossy()),
+        "{}",
+        run.stderr
+    );
+}
