@@ -287,6 +287,10 @@ struct EnsureReport<'a> {
     fingerprint: &'a str,
     penv: &'a Path,
     python: PathBuf,
+    /// `<penv>/bin/esptool`, what pioarduino's penv setup returns next to the Python.
+    esptool: PathBuf,
+    /// certifi's CA bundle (`facts.certifi_bundle`), or null: penv_setup.py sets its variables.
+    certifi: Option<&'a String>,
     python_version: &'a str,
     installed: &'a BTreeMap<String, String>,
     modules: &'a BTreeMap<String, Vec<String>>,
@@ -488,6 +492,12 @@ fn report(
         fingerprint: &state.fingerprint,
         penv: &ctx.penv.root,
         python: ctx.penv.python(),
+        esptool: ctx.penv.bin_dir().join(if cfg!(windows) {
+            "esptool.exe"
+        } else {
+            "esptool"
+        }),
+        certifi: state.facts.get("certifi_bundle"),
         python_version: &state.python_version,
         installed: &state.installed,
         modules: &state.modules,

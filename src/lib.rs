@@ -10,6 +10,8 @@ pub mod install;
 pub mod lock;
 pub mod messages;
 pub mod penv;
+pub mod platform;
+pub mod platform_edits;
 pub mod requirements;
 pub mod size;
 pub mod state;
@@ -29,5 +31,6 @@ pub fn run(cli: &Cli, start: Instant) -> Result<()> {
         Command::Fingerprint(args) => ensure::fingerprint(args),
         Command::Size(args) => size::run(args),
         Command::Status(args) => status::run(args),
+        Command::Platform(args) => platform::run(args),
     }
 }
