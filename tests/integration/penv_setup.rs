@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::platform::{git_applied, repo, upstream_head};
 use crate::support::{BIN, Run, Wheel, World, editable_project};
 
-fn tools_python() -> PathBuf {
+pub fn tools_python() -> PathBuf {
     let python = repo().join(".tools/venv/bin/python");
     assert!(
         python.is_file(),
