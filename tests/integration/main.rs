@@ -9,6 +9,7 @@ mod lock;
 mod packaging;
 mod penv_setup;
 mod pio;
+mod pio_world;
 mod platform;
 mod reliability;
 mod size;

@@ -298,10 +298,13 @@ fn penv_setup_hooked_without_the_binary_or_opted_out_is_upstream() {
     }
 }
 
+/// (network, environment, has_network as upstream computes it)
+type NetworkCase<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+
 #[test]
 fn penv_setup_has_network_keeps_upstreams_meaning() {
     let h = Harness::new();
-    let cases: &[(&str, &[(&str, &str)], bool)] = &[
+    let cases: &[NetworkCase] = &[
         ("down", &[], false),
         ("up", &[], true),
         ("down", &[("PLATFORMIO_OFFLINE", "1")], false),
