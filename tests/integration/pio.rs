@@ -81,6 +81,15 @@ fn pio_hooked_platform_installs_once_then_warm_runs_start_no_uv_python_or_connec
         "{:#?}",
         second.log
     );
+    // penv-guard's one re-check imports in its own child; penv_setup.py itself starts only
+    // penv-guard and opens no connection from the second run on.
+    assert_eq!(
+        second.programs(),
+        ["penv-guard", "penv-guard", "penv-guard"],
+        "{:#?}",
+        second.log
+    );
+    assert_eq!(second.connects(), 0, "{:#?}", second.log);
     let state_before = fs::read(p.w.state_path()).unwrap();
     let mut warm = Vec::new();
     for _ in 0..2 {
