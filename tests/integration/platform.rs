@@ -300,3 +300,45 @@ fn platform_bad_core_dir_is_exit_2_naming_it() {
     let run = platform_cmd(&empty, &["install"]).ok();
     assert!(run.stderr.contains("no pioarduino"), "{}", run.stderr);
 }
+
+/// Writes penv-guard's record as `install` does, for states an older or interrupted run left.
+fn write_record(builder: &Path, original: &[u8], hooked: &[u8]) {
+    let sha = |b: &[u8]| penv_guard::platform::sha256_hex(b);
+    fs::write(builder.join("penv_setup.py.penv-guard-orig"), original).unwrap();
+    let record = serde_json::json!({"schema": 1, "original_sha256": sha(original),
+        "hooked_sha256": sha(hooked), "platform_version": "55.03.311", "penv_guard_version": "0.0.1"});
+    fs::write(
+        builder.join("penv_setup.py.penv-guard.json"),
+        record.to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn platform_install_updates_an_older_hook_and_recovers_an_interrupted_install() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let plat = add_platform(&core, "espressif32", PIOARDUINO_JSON);
+    let builder = plat.join("builder");
+    let file = builder.join("penv_setup.py");
+    let head = fs::read(upstream_head()).unwrap();
+
+    // An older penv-guard hooked the file with other edits.
+    let old_hook = [head.as_slice(), b"# an older penv-guard's hook\n"].concat();
+    fs::write(&file, &old_hook).unwrap();
+    write_record(&builder, &head, &old_hook);
+    assert_eq!(state_of(&core, &plat), "outdated");
+    platform_cmd(&core, &["install"]).ok();
+    assert_eq!(state_of(&core, &plat), "hooked");
+    assert_eq!(fs::read(&file).unwrap(), git_applied(t.path()));
+    platform_cmd(&core, &["remove"]).ok();
+    assert_eq!(fs::read(&file).unwrap(), head);
+
+    // Interrupted after the copy and the record, before the hooked file was written.
+    write_record(&builder, &head, b"whatever was to be written");
+    assert_eq!(state_of(&core, &plat), "not-hooked");
+    platform_cmd(&core, &["install"]).ok();
+    assert_eq!(state_of(&core, &plat), "hooked");
+    platform_cmd(&core, &["remove"]).ok();
+    assert_eq!(fs::read(&file).unwrap(), head);
+}
