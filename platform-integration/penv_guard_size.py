@@ -7,7 +7,7 @@ When the SCons run of a build or of `pio run -t clean` ends, it runs
 `penv-guard size --project-dir $PROJECT_DIR --env $PIOENV --refresh` quietly. It never fails or
 slows the build noticeably: a missing binary, an error or a timeout is ignored.
 Use it as a `pre:` script: PlatformIO's clean target exits before `post:` scripts run (a `post:`
-script still works for builds). The binary is found like penv_guard_integration.py finds it:
+script still works for builds). The binary is found as the penv_setup.py hook (penv_setup.patch) finds it:
 $PENV_GUARD_BIN, next to the running Python, then PATH.
 """
 

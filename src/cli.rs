@@ -31,6 +31,8 @@ pub enum Command {
     Size(SizeArgs),
     /// Explain what `ensure` would do now and why, without changing anything
     Status(StatusArgs),
+    /// Hook pioarduino's builder/penv_setup.py in installed platforms (install, remove, status)
+    Platform(PlatformArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -144,6 +146,38 @@ pub struct StatusArgs {
     /// PlatformIO project whose build sizes are reported
     #[arg(long, value_name = "DIR")]
     pub project_dir: Option<PathBuf>,
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PlatformArgs {
+    #[command(subcommand)]
+    pub action: PlatformAction,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum PlatformAction {
+    /// Hook every pioarduino espressif32 platform under <core dir>/platforms/ (idempotent)
+    Install(CoreDirArgs),
+    /// Restore each hooked builder/penv_setup.py byte for byte
+    Remove(CoreDirArgs),
+    /// Per platform: its version, hooked or not, and what to do
+    Status(PlatformStatusArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CoreDirArgs {
+    /// PlatformIO's core directory [default: $PLATFORMIO_CORE_DIR, else ~/.platformio]
+    #[arg(long, value_name = "DIR")]
+    pub core_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PlatformStatusArgs {
+    #[command(flatten)]
+    pub dir: CoreDirArgs,
     /// Print the report as JSON on stdout
     #[arg(long)]
     pub json: bool,

@@ -10,6 +10,8 @@ pub mod fsutil;
 pub mod lock;
 pub mod messages;
 pub mod penv;
+pub mod platform;
+pub mod platform_edits;
 pub mod process;
 pub mod requirements;
 pub mod size;
@@ -32,5 +34,6 @@ pub fn run(cli: &Cli, start: Instant) -> Result<()> {
         Command::Fingerprint(args) => fingerprint::run(args),
         Command::Size(args) => size::run(args),
         Command::Status(args) => status::run(args),
+        Command::Platform(args) => platform::run(args),
     }
 }

@@ -1,0 +1,344 @@
+//! `penv-guard platform install|remove|status` on a core dir holding pioarduino's espressif32
+//! platform with upstream's builder/penv_setup.py (tests/fixtures/upstream, HEAD dd01e49e), and
+//! the patch in platform-integration/ checked against what `install` writes.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{BIN, Run, succeed};
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Upstream's builder/penv_setup.py at dd01e49e.
+pub fn upstream_head() -> PathBuf {
+    repo().join("tests/fixtures/upstream/penv_setup.py")
+}
+
+pub fn patch_file() -> PathBuf {
+    repo().join("platform-integration/penv_setup.patch")
+}
+
+pub const PIOARDUINO_JSON: &str = r#"{"name": "espressif32", "title": "Espressif 32", "version": "55.03.311", "repository": {"type": "git", "url": "https://github.com/pioarduino/platform-espressif32.git"}}"#;
+
+/// `<core>/platforms/<name>/` with `platform.json` and upstream's `builder/penv_setup.py`.
+pub fn add_platform(core: &Path, name: &str, platform_json: &str) -> PathBuf {
+    let dir = core.join("platforms").join(name);
+    fs::create_dir_all(dir.join("builder")).unwrap();
+    fs::write(dir.join("platform.json"), platform_json).unwrap();
+    fs::copy(upstream_head(), dir.join("builder/penv_setup.py")).unwrap();
+    dir
+}
+
+pub fn platform_cmd(core: &Path, args: &[&str]) -> Run {
+    let output = Command::new(BIN)
+        .arg("platform")
+        .args(args)
+        .arg("--core-dir")
+        .arg(core)
+        .output()
+        .expect("penv-guard runs");
+    Run::from(output)
+}
+
+fn status_json(core: &Path) -> Vec<Value> {
+    let run = platform_cmd(core, &["status", "--json"]).ok();
+    run.json()["platforms"].as_array().unwrap().clone()
+}
+
+fn state_of(core: &Path, dir: &Path) -> String {
+    status_json(core)
+        .iter()
+        .find(|p| p["dir"] == dir.to_str().unwrap())
+        .unwrap_or_else(|| panic!("{} not in status", dir.display()))["state"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Applies platform-integration/penv_setup.patch with plain `git apply` to a copy of upstream's
+/// file; returns the patched bytes.
+pub fn git_applied(dir: &Path) -> Vec<u8> {
+    let root = dir.join("git-apply");
+    fs::create_dir_all(root.join("builder")).unwrap();
+    fs::copy(upstream_head(), root.join("builder/penv_setup.py")).unwrap();
+    succeed(
+        Command::new("git")
+            .arg("apply")
+            .arg(patch_file())
+            .current_dir(&root),
+    );
+    fs::read(root.join("builder/penv_setup.py")).unwrap()
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("penv-guard-platform-")
+        .tempdir()
+        .unwrap()
+}
+
+#[test]
+fn platform_patch_applies_to_head_and_equals_what_install_writes() {
+    let t = tempdir();
+    let patched = git_applied(t.path());
+    let core = t.path().join("core");
+    let plat = add_platform(&core, "espressif32", PIOARDUINO_JSON);
+    platform_cmd(&core, &["install"]).ok();
+    let installed = fs::read(plat.join("builder/penv_setup.py")).unwrap();
+    assert!(
+        installed == patched,
+        "`platform install` and `git apply penv_setup.patch` must give the same file; \
+         regenerate the patch with scripts/make-penv-setup-patch"
+    );
+    assert_ne!(installed, fs::read(upstream_head()).unwrap());
+
+    let patch = fs::read_to_string(patch_file()).unwrap();
+    let added = patch
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .count();
+    assert!(
+        added <= 40,
+        "the glue is at most 40 added lines, not {added}"
+    );
+    assert!(
+        patch.contains(&format!("{added} added lines")),
+        "the header states the count"
+    );
+    assert!(
+        !repo()
+            .join("platform-integration/penv_guard_integration.py")
+            .exists(),
+        "no separate module to copy"
+    );
+}
+
+#[test]
+fn platform_install_is_idempotent_keeps_the_mode_and_remove_restores_byte_for_byte() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let plat = add_platform(&core, "espressif32", PIOARDUINO_JSON);
+    let file = plat.join("builder/penv_setup.py");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+    let original = fs::read(&file).unwrap();
+    assert_eq!(state_of(&core, &plat), "not-hooked");
+
+    let first = platform_cmd(&core, &["install"]).ok();
+    assert!(first.stderr.contains("hooked"), "{}", first.stderr);
+    let hooked = fs::read(&file).unwrap();
+    assert_ne!(hooked, original);
+    assert_eq!(
+        fs::metadata(&file).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
+    let backup = plat.join("builder/penv_setup.py.penv-guard-orig");
+    assert_eq!(fs::read(&backup).unwrap(), original);
+    assert_eq!(state_of(&core, &plat), "hooked");
+    let text = platform_cmd(&core, &["status"]).ok();
+    assert!(text.stdout.contains("55.03.311"), "{}", text.stdout);
+
+    let second = platform_cmd(&core, &["install"]).ok();
+    assert!(
+        second.stderr.contains("already hooked"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(fs::read(&file).unwrap(), hooked, "install twice = once");
+    assert_eq!(fs::read(&backup).unwrap(), original);
+
+    platform_cmd(&core, &["remove"]).ok();
+    assert_eq!(fs::read(&file).unwrap(), original, "restored byte for byte");
+    assert_eq!(
+        fs::metadata(&file).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
+    assert!(!backup.exists());
+    assert!(!plat.join("builder/penv_setup.py.penv-guard.json").exists());
+    let left: Vec<_> = fs::read_dir(plat.join("builder"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["penv_setup.py"], "nothing of penv-guard's is left");
+    assert_eq!(state_of(&core, &plat), "not-hooked");
+    platform_cmd(&core, &["remove"]).ok();
+    assert_eq!(fs::read(&file).unwrap(), original, "remove twice = once");
+}
+
+#[test]
+fn platform_install_leaves_an_unrecognised_file_untouched_and_exits_2() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let plat = add_platform(&core, "espressif32", PIOARDUINO_JSON);
+    let file = plat.join("builder/penv_setup.py");
+    // A future upstream revision where one anchor moved: not known, and not placeable.
+    let changed = fs::read_to_string(&file).unwrap().replace(
+        "def _setup_certifi_env(env, python_exe):",
+        "def _setup_certifi_env(env, exe):",
+    );
+    fs::write(&file, &changed).unwrap();
+    // A platform that is not pioarduino's is never looked at.
+    let other = add_platform(
+        &core,
+        "espressif32@6.0.0",
+        r#"{"name": "espressif32", "version": "6.0.0", "repository": {"type": "git", "url": "https://github.com/platformio/platform-espressif32.git"}}"#,
+    );
+
+    let run = platform_cmd(&core, &["install"]).code(2);
+    let error: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("error:"))
+        .collect();
+    assert_eq!(error.len(), 1, "{}", run.stderr);
+    assert!(error[0].contains(file.to_str().unwrap()), "{}", error[0]);
+    assert!(error[0].contains("55.03.311"), "{}", error[0]);
+    assert_eq!(fs::read_to_string(&file).unwrap(), changed);
+    assert_eq!(
+        fs::read_dir(plat.join("builder")).unwrap().count(),
+        1,
+        "no backup for a file it does not hook"
+    );
+    assert_eq!(
+        fs::read(other.join("builder/penv_setup.py")).unwrap(),
+        fs::read(upstream_head()).unwrap()
+    );
+    assert_eq!(state_of(&core, &plat), "unrecognised");
+    assert_eq!(status_json(&core).len(), 1, "only pioarduino's platform");
+
+    // A symlinked penv_setup.py is refused, and the link and its target stay as they are.
+    let target = t.path().join("elsewhere.py");
+    fs::copy(upstream_head(), &target).unwrap();
+    fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(&target, &file).unwrap();
+    let run = platform_cmd(&core, &["install"]).code(2);
+    assert!(run.stderr.contains("symlink"), "{}", run.stderr);
+    assert!(fs::symlink_metadata(&file).unwrap().is_symlink());
+    assert_eq!(
+        fs::read(&target).unwrap(),
+        fs::read(upstream_head()).unwrap()
+    );
+}
+
+#[test]
+fn platform_status_tells_when_an_update_replaced_the_hooked_file() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let plat = add_platform(&core, "espressif32", PIOARDUINO_JSON);
+    let file = plat.join("builder/penv_setup.py");
+    platform_cmd(&core, &["install"]).ok();
+    assert_eq!(state_of(&core, &plat), "hooked");
+
+    // `pio pkg update`: a newer upstream file (here: one more line), unhooked.
+    let newer = format!(
+        "{}\n# a newer upstream revision\n",
+        fs::read_to_string(upstream_head()).unwrap()
+    );
+    fs::write(&file, &newer).unwrap();
+    let entry = status_json(&core)[0].clone();
+    assert_eq!(entry["state"], "replaced-by-update", "{entry}");
+    assert!(
+        entry["message"]
+            .as_str()
+            .unwrap()
+            .contains("penv-guard platform install"),
+        "{entry}"
+    );
+    let lines = penv_guard::platform::status_lines(&core);
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].contains("55.03.311") && lines[0].contains("update"),
+        "{lines:?}"
+    );
+
+    // Re-applying hooks the new file; remove then restores the new file, not the old one.
+    platform_cmd(&core, &["install"]).ok();
+    assert_eq!(state_of(&core, &plat), "hooked");
+    platform_cmd(&core, &["remove"]).ok();
+    assert_eq!(fs::read_to_string(&file).unwrap(), newer);
+
+    // An update after which the user removes: the new file is left alone, penv-guard's copy goes.
+    platform_cmd(&core, &["install"]).ok();
+    fs::write(&file, "# replaced\n").unwrap();
+    assert_eq!(state_of(&core, &plat), "replaced-by-update");
+    platform_cmd(&core, &["remove"]).ok();
+    assert_eq!(fs::read_to_string(&file).unwrap(), "# replaced\n");
+    assert!(!plat.join("builder/penv_setup.py.penv-guard-orig").exists());
+}
+
+#[test]
+fn platform_recognises_a_file_patched_by_hand_and_remove_undoes_it() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let plat = add_platform(&core, "espressif32", PIOARDUINO_JSON);
+    let file = plat.join("builder/penv_setup.py");
+    fs::write(&file, git_applied(t.path())).unwrap();
+    assert_eq!(state_of(&core, &plat), "hooked-by-patch");
+    let run = platform_cmd(&core, &["install"]).ok();
+    assert!(run.stderr.contains("already hooked"), "{}", run.stderr);
+    platform_cmd(&core, &["remove"]).ok();
+    assert_eq!(fs::read(&file).unwrap(), fs::read(upstream_head()).unwrap());
+}
+
+#[test]
+fn platform_bad_core_dir_is_exit_2_naming_it() {
+    let t = tempdir();
+    let missing = t.path().join("no-such-core");
+    let run = platform_cmd(&missing, &["status"]).code(2);
+    assert!(
+        run.stderr.contains(missing.to_str().unwrap()),
+        "{}",
+        run.stderr
+    );
+    let empty = t.path().join("empty-core");
+    fs::create_dir_all(&empty).unwrap();
+    let run = platform_cmd(&empty, &["install"]).ok();
+    assert!(run.stderr.contains("no pioarduino"), "{}", run.stderr);
+}
+
+/// Writes penv-guard's record as `install` does, for states an older or interrupted run left.
+fn write_record(builder: &Path, original: &[u8], hooked: &[u8]) {
+    let sha = |b: &[u8]| penv_guard::platform::sha256_hex(b);
+    fs::write(builder.join("penv_setup.py.penv-guard-orig"), original).unwrap();
+    let record = serde_json::json!({"schema": 1, "original_sha256": sha(original),
+        "hooked_sha256": sha(hooked), "platform_version": "55.03.311", "penv_guard_version": "0.0.1"});
+    fs::write(
+        builder.join("penv_setup.py.penv-guard.json"),
+        record.to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn platform_install_updates_an_older_hook_and_recovers_an_interrupted_install() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let plat = add_platform(&core, "espressif32", PIOARDUINO_JSON);
+    let builder = plat.join("builder");
+    let file = builder.join("penv_setup.py");
+    let head = fs::read(upstream_head()).unwrap();
+
+    // An older penv-guard hooked the file with other edits.
+    let old_hook = [head.as_slice(), b"# an older penv-guard's hook\n"].concat();
+    fs::write(&file, &old_hook).unwrap();
+    write_record(&builder, &head, &old_hook);
+    assert_eq!(state_of(&core, &plat), "outdated");
+    platform_cmd(&core, &["install"]).ok();
+    assert_eq!(state_of(&core, &plat), "hooked");
+    assert_eq!(fs::read(&file).unwrap(), git_applied(t.path()));
+    platform_cmd(&core, &["remove"]).ok();
+    assert_eq!(fs::read(&file).unwrap(), head);
+
+    // Interrupted after the copy and the record, before the hooked file was written.
+    write_record(&builder, &head, b"whatever was to be written");
+    assert_eq!(state_of(&core, &plat), "not-hooked");
+    platform_cmd(&core, &["install"]).ok();
+    assert_eq!(state_of(&core, &plat), "hooked");
+    platform_cmd(&core, &["remove"]).ok();
+    assert_eq!(fs::read(&file).unwrap(), head);
+}
