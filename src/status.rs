@@ -20,7 +20,8 @@
 //!   "last_write":  { "timings_ms" } | null   (the run that wrote the state: install or re-check),
 //!   "build_sizes": <the `size` cache, as `size --json` reports it> | null,
 //!   "uv_cache":    { "path", "exists", "apparent_bytes", "allocated_bytes", "files" },
-//!   "hints":       [ "..." ] }
+//!   "hints":       [ "..." ],
+//!   "platforms":   [ "platform espressif32 <version>: hooked|not hooked|replaced by an update…" ] }
 //! ```
 
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ struct Report {
     build_sizes: Option<serde_json::Value>,
     uv_cache: UvCacheReport,
     hints: Vec<String>,
+    /// One line per pioarduino platform under the core dir: hooked or not, and what to do.
+    platforms: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -270,8 +273,13 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         );
     }
 
+    let platforms = penv::core_dir()
+        .map(|dir| crate::platform::status_lines(&dir))
+        .unwrap_or_default();
+
     let report = Report {
         schema: 1,
+        platforms,
         penv: PenvReport {
             exists: ctx.penv.root.is_dir(),
             python: ctx.penv.python(),
@@ -472,6 +480,9 @@ fn print_human(r: &Report) {
                 .unwrap_or(0);
             out!("build size    {name}: {} (cached)", human_bytes(bytes));
         }
+    }
+    for line in &r.platforms {
+        out!("platform      {line}");
     }
     for hint in &r.hints {
         out!("hint          {hint}");

@@ -18,7 +18,7 @@ fn within(command: TestCommand, limit: Duration) -> Run {
 }
 
 #[track_caller]
-fn finish_within(child: &mut Child, limit: Duration) -> Run {
+pub(crate) fn finish_within(child: &mut Child, limit: Duration) -> Run {
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -755,4 +755,104 @@ fn a_missing_requirements_file_is_bad_input() {
         "{}",
         run.stderr
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Never a panic, whatever the arguments
+
+mod arguments {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt as _;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::finish_within;
+    use crate::support::BIN;
+
+    const WORDS: &[&str] = &[
+        "ensure",
+        "fingerprint",
+        "status",
+        "size",
+        "platform",
+        "install",
+        "remove",
+        "--json",
+        "--verify",
+        "-q",
+        "-v",
+        "--offline",
+        "--allow-unlocked",
+        "--refresh",
+        "--help",
+        "--version",
+        "--dep",
+        "-r",
+        "--deps-json",
+        "--penv",
+        "--python",
+        "--uv",
+        "--uv-cache-dir",
+        "--esptool-dir",
+        "--lock-timeout",
+        "--install-timeout",
+        "--project-dir",
+        "--env",
+        "--core-dir",
+        "",
+        "-",
+        "x",
+        "1e19",
+        "-1",
+        "nan",
+        "inf",
+        "alpha",
+        "alpha>=1",
+        "0-!",
+        "a ; platform_release >= '1'",
+        "{\"a\": 1}",
+        "penv",
+        "missing.txt",
+        ".",
+    ];
+
+    fn word() -> impl Strategy<Value = OsString> {
+        prop_oneof![
+            6 => proptest::sample::select(WORDS).prop_map(OsString::from),
+            1 => "[^\\x00]{0,12}".prop_map(OsString::from),
+            // An argv entry cannot hold a NUL byte.
+            1 => proptest::collection::vec(1u8..=255, 0..8).prop_map(OsString::from_vec),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn the_binary_never_panics_on_any_argument_vector(
+            args in proptest::collection::vec(word(), 0..7)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let empty = dir.path().join("empty-path");
+            std::fs::create_dir_all(&empty).unwrap();
+            // No Python, no uv, no network: a miss fails fast; nothing outside `dir` is touched.
+            let mut child = Command::new(BIN)
+                .args(&args)
+                .current_dir(dir.path())
+                .env_clear()
+                .env("PATH", &empty)
+                .env("HOME", dir.path())
+                .env("PLATFORMIO_CORE_DIR", dir.path().join("core"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let run = finish_within(&mut child, Duration::from_secs(60));
+            prop_assert_ne!(run.code, Some(101), "{:?}: {}", args, run.stderr);
+            prop_assert!(run.code.is_some(), "{:?} died by a signal", args);
+            prop_assert!(!run.stderr.contains("panicked"), "{:?}: {}", args, run.stderr);
+        }
+    }
 }
