@@ -10,16 +10,17 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cli::EnsureArgs;
+use crate::distinfo;
 use crate::error::{Error, Result};
+use crate::fingerprint;
 use crate::fsutil;
 use crate::lock::{self, LockRequest, PenvLock};
 use crate::messages;
-use crate::penv::{self, Installed, Occupant};
+use crate::penv::{self, Occupant};
 use crate::process::{self, Stderr};
-use crate::requirements::{MarkerValues, marker_environment};
-use crate::state::{self, FingerprintInput, HostPython, Stamp, State, path_serde, path_text};
+use crate::state::{self, HostPython, Stamp, State, path_serde, path_text};
 use crate::uv::{self, InstallRequest};
-use crate::validate;
+use crate::validate::{self, Checked};
 use crate::verdict::{self, Context, MissReason, Verdict};
 
 /// Durations above this (about a century) mean "no limit" rather than an overflow.
@@ -111,24 +112,6 @@ struct Run<'a> {
     install_timeout: Duration,
 }
 
-/// What a validated install proved, before it is recorded.
-struct Checked {
-    python_version: String,
-    marker_env: MarkerValues,
-    installed: BTreeMap<String, String>,
-    modules: BTreeMap<String, Vec<String>>,
-    facts: BTreeMap<String, String>,
-}
-
-impl Checked {
-    fn import_pairs(&self) -> Vec<(String, String)> {
-        self.modules
-            .iter()
-            .flat_map(|(dist, modules)| modules.iter().map(move |m| (dist.clone(), m.clone())))
-            .collect()
-    }
-}
-
 impl Run<'_> {
     fn say(&self, message: impl std::fmt::Display) {
         if !self.args.quiet {
@@ -147,15 +130,15 @@ impl Run<'_> {
     fn recheck_files(&self, old: &State, phases: &mut Phases) -> Result<State> {
         state::invalidate(&self.ctx.penv.state_path())?;
         let site_packages = self.site_packages()?;
-        let dists = penv::installed_distributions(&site_packages);
-        if let Some(problem) = penv::record_problems(&dists).into_iter().next() {
+        let dists = distinfo::installed_distributions(&site_packages);
+        if let Some(problem) = distinfo::record_problems(&dists).into_iter().next() {
             return Err(Error::Broken {
                 path: problem.path,
                 dist: problem.dist,
                 problem: problem.problem,
             });
         }
-        let checked = self.check_installed(old.marker_env.clone(), &dists)?;
+        let checked = validate::check_installed(&self.ctx, old.marker_env.clone(), &dists)?;
         if checked.installed != old.installed {
             return Err(Error::Install {
                 message: "installed versions differ from the validated ones".into(),
@@ -252,8 +235,8 @@ impl Run<'_> {
         // every requirement's version allowed. Damaged distributions are reinstalled once.
         let marker_env = validate::marker_environment(&ctx.penv.python(), timeout)?;
         let site_packages = self.site_packages()?;
-        let mut dists = penv::installed_distributions(&site_packages);
-        let damaged = self.damaged(&dists, &marker_env);
+        let mut dists = distinfo::installed_distributions(&site_packages);
+        let damaged = validate::damaged(ctx, &dists, &marker_env);
         if !damaged.is_empty() {
             self.say(format_args!(
                 "{} damaged or not as required (files listed in RECORD missing or changed, or \
@@ -262,8 +245,8 @@ impl Run<'_> {
             ));
             request.reinstall = &damaged;
             uv::pip_install(&request)?;
-            dists = penv::installed_distributions(&site_packages);
-            if let Some(problem) = penv::record_problems(&dists).into_iter().next() {
+            dists = distinfo::installed_distributions(&site_packages);
+            if let Some(problem) = distinfo::record_problems(&dists).into_iter().next() {
                 return Err(Error::Broken {
                     path: problem.path,
                     dist: problem.dist,
@@ -272,7 +255,7 @@ impl Run<'_> {
             }
         }
         phases.end("record_check");
-        let checked = self.check_installed(marker_env, &dists)?;
+        let checked = validate::check_installed(ctx, marker_env, &dists)?;
         validate::validate_imports(&ctx.penv.python(), &checked.import_pairs(), timeout)?;
         phases.end("validate");
         let state = self.record(
@@ -288,35 +271,6 @@ impl Run<'_> {
             phases.start.elapsed().as_secs_f64()
         ));
         Ok(state)
-    }
-
-    /// Normalized names of distributions to reinstall: a RECORD file missing or of another size,
-    /// or a requirement that applies and is not met by what METADATA says.
-    fn damaged(
-        &self,
-        dists: &BTreeMap<String, Installed>,
-        marker_env: &MarkerValues,
-    ) -> Vec<String> {
-        let env = marker_environment(marker_env);
-        let unmet = self
-            .ctx
-            .deps
-            .iter()
-            .filter(|dep| dep.applies_to(env.as_ref()) && !dep.is_url())
-            .filter(|dep| {
-                dists
-                    .get(dep.name())
-                    .is_some_and(|dist| !dep.satisfied_by(&dist.version))
-            })
-            .map(|dep| dep.name().to_owned());
-        let mut names: Vec<String> = penv::record_problems(dists)
-            .into_iter()
-            .map(|p| p.normalized)
-            .chain(unmet)
-            .collect();
-        names.sort();
-        names.dedup();
-        names
     }
 
     fn host_python(&self, timeout: Duration) -> Result<Option<HostPython>> {
@@ -394,88 +348,6 @@ impl Run<'_> {
         Ok((dir, file))
     }
 
-    /// Every requirement that applies to the penv's interpreter must be installed in a version
-    /// it allows (PEP 440); the esptool must be the editable one from `--esptool-dir`.
-    fn check_installed(
-        &self,
-        marker_env: MarkerValues,
-        dists: &BTreeMap<String, Installed>,
-    ) -> Result<Checked> {
-        let ctx = &self.ctx;
-        let python_version = ctx
-            .penv
-            .read_cfg()
-            .and_then(|cfg| cfg.version)
-            .unwrap_or_default();
-        let env = marker_environment(&marker_env);
-        let mut installed = BTreeMap::new();
-        let mut modules = BTreeMap::new();
-        for dep in ctx.deps.iter().filter(|d| d.applies_to(env.as_ref())) {
-            let Some(dist) = dists.get(dep.name()) else {
-                return Err(Error::Install {
-                    message: format!(
-                        "`{}` ({}) is not installed in {} after uv finished",
-                        dep.canonical,
-                        dep.origin,
-                        ctx.penv.root.display()
-                    ),
-                    tail: String::new(),
-                });
-            };
-            if !dep.satisfied_by(&dist.version) {
-                return Err(Error::Install {
-                    message: format!(
-                        "{} {} is installed but does not satisfy `{}` ({})",
-                        dist.name, dist.version, dep.canonical, dep.origin
-                    ),
-                    tail: String::new(),
-                });
-            }
-            installed.insert(dep.name().to_owned(), dist.version.clone());
-            modules.insert(
-                dep.name().to_owned(),
-                penv::top_level_modules(&dist.dist_info),
-            );
-        }
-        let mut facts = BTreeMap::new();
-        if let Some(dir) = &ctx.esptool_dir {
-            let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-            let from_dir = dists.get("esptool").filter(|dist| {
-                penv::direct_url(&dist.dist_info).is_some_and(|d| {
-                    d.editable
-                        && d.dir.as_deref().is_some_and(|d| {
-                            d == dir || std::fs::canonicalize(d).is_ok_and(|d| d == real)
-                        })
-                })
-            });
-            let Some(esptool) = from_dir else {
-                return Err(Error::Install {
-                    message: format!("esptool is not installed editable from {}", dir.display()),
-                    tail: String::new(),
-                });
-            };
-            installed.insert("esptool".to_owned(), esptool.version.clone());
-            modules.insert(
-                "esptool".to_owned(),
-                penv::top_level_modules(&esptool.dist_info),
-            );
-            facts.insert("esptool_dir".to_owned(), path_text(dir));
-        }
-        if let Some(bundle) = dists
-            .get("certifi")
-            .and_then(|certifi| penv::recorded_file(&certifi.dist_info, "certifi/cacert.pem"))
-        {
-            facts.insert("certifi_bundle".to_owned(), path_text(&bundle));
-        }
-        Ok(Checked {
-            python_version,
-            marker_env,
-            installed,
-            modules,
-            facts,
-        })
-    }
-
     /// Writes the state for the penv as it is now. Only called after validation passed.
     /// `install_timings` is `None` when this run installed (its own phases are the install's).
     fn record(
@@ -489,13 +361,13 @@ impl Run<'_> {
         let ctx = &self.ctx;
         let site_packages = self.site_packages()?;
         let all_modules: Vec<String> = checked.modules.values().flatten().cloned().collect();
-        let entries = penv::module_entries(&site_packages, &all_modules);
+        let entries = distinfo::module_entries(&site_packages, &all_modules);
         let recorded = verdict::stamp_keys(ctx, &site_packages, &entries)
             .into_iter()
             .map(|key| (key, None))
             .collect();
         let stamps = ctx.stamps_like(&recorded);
-        let fingerprint_input = fingerprint_input(ctx, Some(checked.python_version.clone()), None);
+        let fingerprint_input = fingerprint::input(ctx, Some(checked.python_version.clone()), None);
         let recorded_at_ns = fsutil::now_ns();
         phases.end("record");
         let state = State {
@@ -602,31 +474,6 @@ struct EnsureReport<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     build_size: Option<serde_json::Value>,
     timings_ms: BTreeMap<String, f64>,
-}
-
-/// The fingerprint's inputs for this request and penv. `python` overrides what the penv says
-/// (the version and real interpreter of the host Python that would create it).
-pub fn fingerprint_input(
-    ctx: &Context,
-    python_version: Option<String>,
-    interpreter: Option<&Path>,
-) -> FingerprintInput {
-    let interpreter = interpreter
-        .map(Path::to_path_buf)
-        .or_else(|| std::fs::canonicalize(ctx.penv.python()).ok());
-    FingerprintInput {
-        schema: state::SCHEMA,
-        deps: ctx.deps.canonical_lines(),
-        python_version,
-        interpreter: interpreter.as_deref().map(path_text),
-        penv: ctx.penv_real_text(),
-        esptool_dir: ctx
-            .esptool_dir
-            .as_deref()
-            .map(|d| path_text(&std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()))),
-        os: std::env::consts::OS.to_owned(),
-        arch: std::env::consts::ARCH.to_owned(),
-    }
 }
 
 /// A penv whose interpreter is missing or cannot be run is recreated, not handed to uv.

@@ -3,15 +3,15 @@
 //! architecture: the same on every fresh machine with the same list, Python and OS (and the same
 //! core dir path). Nothing machine-local enters it: not uv, not an inode, not a time.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::cli::FingerprintArgs;
-use crate::ensure::fingerprint_input;
 use crate::error::{Error, Result};
 use crate::messages;
-use crate::state::FingerprintInput;
+use crate::state::{self, FingerprintInput, path_text};
 use crate::uv;
 use crate::verdict::Context;
 
@@ -27,7 +27,7 @@ pub fn run(args: &FingerprintArgs) -> Result<()> {
     let version = ctx.penv.read_cfg().and_then(|cfg| cfg.version);
     let penv_exists = version.is_some();
     let input = if penv_exists {
-        fingerprint_input(&ctx, version, None)
+        input(&ctx, version, None)
     } else {
         // What the penv would be: created from the host Python.
         let python = ctx.host_python().ok_or_else(|| Error::PythonNotFound {
@@ -38,7 +38,7 @@ pub fn run(args: &FingerprintArgs) -> Result<()> {
             message: "not found on PATH; pass --python".into(),
         })?;
         let (version, real) = uv::query_python(&python, Duration::from_secs(30))?;
-        fingerprint_input(&ctx, Some(version), Some(&real))
+        input(&ctx, Some(version), Some(&real))
     };
     let fingerprint = input.hash();
     if args.json {
@@ -52,4 +52,29 @@ pub fn run(args: &FingerprintArgs) -> Result<()> {
         messages::println(&fingerprint);
     }
     Ok(())
+}
+
+/// The fingerprint's inputs for this request and penv. `python` overrides what the penv says
+/// (the version and real interpreter of the host Python that would create it).
+pub fn input(
+    ctx: &Context,
+    python_version: Option<String>,
+    interpreter: Option<&Path>,
+) -> FingerprintInput {
+    let interpreter = interpreter
+        .map(Path::to_path_buf)
+        .or_else(|| std::fs::canonicalize(ctx.penv.python()).ok());
+    FingerprintInput {
+        schema: state::SCHEMA,
+        deps: ctx.deps.canonical_lines(),
+        python_version,
+        interpreter: interpreter.as_deref().map(path_text),
+        penv: ctx.penv_real_text(),
+        esptool_dir: ctx
+            .esptool_dir
+            .as_deref()
+            .map(|d| path_text(&std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()))),
+        os: std::env::consts::OS.to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+    }
 }

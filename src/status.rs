@@ -30,6 +30,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
+use crate::distinfo;
 use crate::error::Result;
 use crate::lock::{self, Holder};
 use crate::penv;
@@ -345,7 +346,7 @@ fn dependency_table(
     site_packages: Option<&std::path::Path>,
 ) -> Vec<DepReport> {
     let dists = site_packages
-        .map(penv::installed_distributions)
+        .map(distinfo::installed_distributions)
         .unwrap_or_default();
     let env = marker_env.and_then(crate::requirements::marker_environment);
     ctx.deps
@@ -361,7 +362,7 @@ fn dependency_table(
                 installed: dist.map(|d| d.version.clone()),
                 satisfied: !applies || dist.is_some_and(|d| dep.satisfied_by(&d.version)),
                 modules: dist
-                    .map(|d| penv::top_level_modules(&d.dist_info))
+                    .map(|d| distinfo::top_level_modules(&d.dist_info))
                     .unwrap_or_default(),
             }
         })

@@ -1,15 +1,21 @@
-//! Proof that the penv works: every top-level module of every required distribution is imported
+//! Proof that the penv works: every requirement that applies is installed in a version it allows
+//! (PEP 440, markers evaluated with the interpreter's own values), and every top-level module of
+//! every required distribution is imported
 //! in one penv-Python subprocess (`-I`: the project directory and PYTHON* variables cannot mask a
 //! module). Module names come from the dist-info RECORD (see `penv::top_level_modules`). The same
 //! interpreter reports its PEP 508 marker environment, so markers are never evaluated on guesses.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::distinfo::{self, Installed};
 use crate::error::{Error, Result};
 use crate::process::{self, Stderr};
 use crate::requirements::{MARKER_KEYS, MarkerValues};
+use crate::state::path_text;
+use crate::verdict::Context;
 
 const MARKER: &str = "PENV-GUARD-VALIDATION:";
 
@@ -121,4 +127,131 @@ pub fn validate_imports(
             error: error.lines().next().unwrap_or_default().to_owned(),
         }),
     }
+}
+
+/// What a validated install proved, before it is recorded.
+pub struct Checked {
+    pub python_version: String,
+    pub marker_env: MarkerValues,
+    pub installed: BTreeMap<String, String>,
+    pub modules: BTreeMap<String, Vec<String>>,
+    pub facts: BTreeMap<String, String>,
+}
+
+impl Checked {
+    pub fn import_pairs(&self) -> Vec<(String, String)> {
+        self.modules
+            .iter()
+            .flat_map(|(dist, modules)| modules.iter().map(move |m| (dist.clone(), m.clone())))
+            .collect()
+    }
+}
+
+/// Every requirement that applies to the penv's interpreter must be installed in a version
+/// it allows (PEP 440); the esptool must be the editable one from `--esptool-dir`.
+pub fn check_installed(
+    ctx: &Context,
+    marker_env: MarkerValues,
+    dists: &BTreeMap<String, Installed>,
+) -> Result<Checked> {
+    let python_version = ctx
+        .penv
+        .read_cfg()
+        .and_then(|cfg| cfg.version)
+        .unwrap_or_default();
+    let env = crate::requirements::marker_environment(&marker_env);
+    let mut installed = BTreeMap::new();
+    let mut modules = BTreeMap::new();
+    for dep in ctx.deps.iter().filter(|d| d.applies_to(env.as_ref())) {
+        let Some(dist) = dists.get(dep.name()) else {
+            return Err(Error::Install {
+                message: format!(
+                    "`{}` ({}) is not installed in {} after uv finished",
+                    dep.canonical,
+                    dep.origin,
+                    ctx.penv.root.display()
+                ),
+                tail: String::new(),
+            });
+        };
+        if !dep.satisfied_by(&dist.version) {
+            return Err(Error::Install {
+                message: format!(
+                    "{} {} is installed but does not satisfy `{}` ({})",
+                    dist.name, dist.version, dep.canonical, dep.origin
+                ),
+                tail: String::new(),
+            });
+        }
+        installed.insert(dep.name().to_owned(), dist.version.clone());
+        modules.insert(
+            dep.name().to_owned(),
+            distinfo::top_level_modules(&dist.dist_info),
+        );
+    }
+    let mut facts = BTreeMap::new();
+    if let Some(dir) = &ctx.esptool_dir {
+        let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        let from_dir = dists.get("esptool").filter(|dist| {
+            distinfo::direct_url(&dist.dist_info).is_some_and(|d| {
+                d.editable
+                    && d.dir.as_deref().is_some_and(|d| {
+                        d == dir || std::fs::canonicalize(d).is_ok_and(|d| d == real)
+                    })
+            })
+        });
+        let Some(esptool) = from_dir else {
+            return Err(Error::Install {
+                message: format!("esptool is not installed editable from {}", dir.display()),
+                tail: String::new(),
+            });
+        };
+        installed.insert("esptool".to_owned(), esptool.version.clone());
+        modules.insert(
+            "esptool".to_owned(),
+            distinfo::top_level_modules(&esptool.dist_info),
+        );
+        facts.insert("esptool_dir".to_owned(), path_text(dir));
+    }
+    if let Some(bundle) = dists
+        .get("certifi")
+        .and_then(|certifi| distinfo::recorded_file(&certifi.dist_info, "certifi/cacert.pem"))
+    {
+        facts.insert("certifi_bundle".to_owned(), path_text(&bundle));
+    }
+    Ok(Checked {
+        python_version,
+        marker_env,
+        installed,
+        modules,
+        facts,
+    })
+}
+
+/// Normalized names of distributions to reinstall: a RECORD file missing or of another size,
+/// or a requirement that applies and is not met by what METADATA says.
+pub fn damaged(
+    ctx: &Context,
+    dists: &BTreeMap<String, Installed>,
+    marker_env: &MarkerValues,
+) -> Vec<String> {
+    let env = crate::requirements::marker_environment(marker_env);
+    let unmet = ctx
+        .deps
+        .iter()
+        .filter(|dep| dep.applies_to(env.as_ref()) && !dep.is_url())
+        .filter(|dep| {
+            dists
+                .get(dep.name())
+                .is_some_and(|dist| !dep.satisfied_by(&dist.version))
+        })
+        .map(|dep| dep.name().to_owned());
+    let mut names: Vec<String> = distinfo::record_problems(dists)
+        .into_iter()
+        .map(|p| p.normalized)
+        .chain(unmet)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
