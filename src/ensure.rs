@@ -14,6 +14,7 @@ use crate::distinfo;
 use crate::error::{Error, Result};
 use crate::fingerprint;
 use crate::fsutil;
+use crate::history;
 use crate::lock::{self, LockRequest, PenvLock};
 use crate::messages;
 use crate::penv::{self, Occupant};
@@ -46,7 +47,7 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
         Verdict::Hit(_) => MissReason::Verify,
         Verdict::Miss(reason, _) => reason,
     };
-    run.verbose(format_args!("miss: {reason}"));
+    tracing::info!("miss: {reason}");
 
     uv::check_penv_is_ours(&run.ctx.penv)?;
     if let Some(parent) = run.ctx.penv.root.parent() {
@@ -64,36 +65,12 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
     })?;
     phases.end("lock_wait");
     fsutil::sweep_temp_files(&run.ctx.penv.root);
-
-    // Another process may have finished the same work while we waited.
-    let reason = match verdict::decide(&run.ctx, state::load(&run.ctx.penv.state_path())) {
-        Verdict::Hit(state) if !args.verify => {
-            run.verbose(format_args!(
-                "hit after waiting {:.1}s for the lock",
-                lock.waited.as_secs_f64()
-            ));
-            run.report("hit", None, &state, phases);
-            return Ok(());
-        }
-        Verdict::Miss(racy @ MissReason::RacyStamp { .. }, Some(old)) if !args.verify => {
-            match run.recheck_files(&old, &mut phases) {
-                Ok(state) => {
-                    run.report("revalidated", Some(&racy), &state, phases);
-                    return Ok(());
-                }
-                Err(e) => {
-                    run.verbose(format_args!("re-check failed ({e}); reinstalling"));
-                    racy
-                }
-            }
-        }
-        Verdict::Hit(_) => reason,
-        Verdict::Miss(reason, _) => reason,
-    };
     let budget = lock_timeout.saturating_sub(lock_started.elapsed());
-    let state = run.install_and_validate(&reason, &lock, budget, &mut phases)?;
+    let outcome = run.locked(reason.clone(), &lock, budget, &mut phases);
+    run.remember(&reason, &outcome, &phases);
     drop(lock);
-    run.report("installed", Some(&reason), &state, phases);
+    let (status, reason, state) = outcome?;
+    run.report(status, reason.as_ref(), &state, phases);
     Ok(())
 }
 
@@ -119,10 +96,68 @@ impl Run<'_> {
         }
     }
 
-    fn verbose(&self, message: impl std::fmt::Display) {
-        if self.args.verbose {
-            messages::say(message);
-        }
+    /// Under the lock: re-check (another process may have just finished the same work), re-check
+    /// a racy state from its files, or install and validate.
+    fn locked(
+        &self,
+        reason: MissReason,
+        lock: &PenvLock,
+        budget: Duration,
+        phases: &mut Phases,
+    ) -> Result<(&'static str, Option<MissReason>, State)> {
+        let verify = self.args.verify;
+        let reason = match verdict::decide(&self.ctx, state::load(&self.ctx.penv.state_path())) {
+            Verdict::Hit(state) if !verify => {
+                tracing::info!(
+                    "hit after waiting {:.1}s for the lock",
+                    lock.waited.as_secs_f64()
+                );
+                return Ok(("hit", None, *state));
+            }
+            Verdict::Miss(racy @ MissReason::RacyStamp { .. }, Some(old)) if !verify => {
+                match self.recheck_files(&old, phases) {
+                    Ok(state) => return Ok(("revalidated", Some(racy), state)),
+                    Err(e) => {
+                        tracing::info!("re-check failed ({e}); reinstalling");
+                        racy
+                    }
+                }
+            }
+            Verdict::Hit(_) => reason,
+            Verdict::Miss(reason, _) => reason,
+        };
+        let state = self.install_and_validate(&reason, lock, budget, phases)?;
+        Ok(("installed", Some(reason), state))
+    }
+
+    /// Appends this miss to the history (see `history`); hits never come here.
+    fn remember(
+        &self,
+        reason: &MissReason,
+        outcome: &Result<(&'static str, Option<MissReason>, State)>,
+        phases: &Phases,
+    ) {
+        let status = match outcome {
+            Ok((status, ..)) => (*status).to_owned(),
+            Err(e) => format!("error: {}: {e}", e.exit_code()),
+        };
+        let kind = serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.get("kind")?.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        #[allow(clippy::cast_precision_loss)]
+        let at = fsutil::now_ns() as f64 / 1e9;
+        history::append(
+            &self.ctx.penv,
+            &history::Miss {
+                at,
+                kind,
+                reason: reason.to_string(),
+                status,
+                timings_ms: phases.so_far(),
+                command: messages::command_line(),
+            },
+        );
     }
 
     /// For a state whose only fault is a racy stamp: the files must still say what was validated
@@ -153,10 +188,10 @@ impl Run<'_> {
             checked,
             phases,
         )?;
-        self.verbose(format_args!(
+        tracing::info!(
             "re-checked {} distributions from their files (no uv, no imports); recorded again",
             state.installed.len()
-        ));
+        );
         Ok(state)
     }
 
@@ -402,11 +437,11 @@ impl Run<'_> {
         let args = self.args;
         let ctx = &self.ctx;
         if status == "hit" {
-            self.verbose(format_args!(
+            tracing::info!(
                 "hit: {} requirements satisfied in {}",
                 state.installed.len(),
                 ctx.penv.root.display()
-            ));
+            );
         }
         let mut build_size = None;
         if let (Some(project), Some(env)) = (&args.project_dir, &args.env) {
@@ -489,10 +524,13 @@ fn is_executable(path: &Path) -> bool {
     }
 }
 
+/// Phase timings for the JSON report and the state, and one `tracing` span per phase: with
+/// `PENV_GUARD_LOG=info` (or `-v`) each phase's close line shows its duration.
 pub struct Phases {
     start: Instant,
     last: Instant,
     ms: BTreeMap<String, f64>,
+    span: Option<tracing::span::EnteredSpan>,
 }
 
 impl Phases {
@@ -501,16 +539,35 @@ impl Phases {
             start,
             last: start,
             ms: BTreeMap::new(),
+            span: Some(Phases::open()),
         }
     }
 
+    fn open() -> tracing::span::EnteredSpan {
+        tracing::info_span!("phase", name = tracing::field::Empty).entered()
+    }
+
+    /// Ends the phase that ran since the last `end`, naming it.
     fn end(&mut self, phase: &str) {
         let now = Instant::now();
         *self.ms.entry(phase.to_owned()).or_default() += ms(now - self.last);
         self.last = now;
+        if let Some(span) = self.span.take() {
+            span.record("name", phase);
+        }
+        self.span = Some(Phases::open());
+    }
+
+    fn so_far(&self) -> BTreeMap<String, f64> {
+        let mut ms = self.ms.clone();
+        ms.insert("total".into(), self::ms(self.start.elapsed()));
+        ms
     }
 
     fn total(mut self) -> BTreeMap<String, f64> {
+        if let Some(span) = self.span.take() {
+            span.record("name", "report");
+        }
         self.ms.insert("total".into(), ms(self.start.elapsed()));
         self.ms
     }

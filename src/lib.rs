@@ -8,6 +8,7 @@ pub mod ensure;
 pub mod error;
 pub mod fingerprint;
 pub mod fsutil;
+pub mod history;
 pub mod lock;
 pub mod messages;
 pub mod penv;

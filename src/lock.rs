@@ -66,11 +66,7 @@ impl Holder {
     fn current() -> Holder {
         Holder {
             pid: std::process::id(),
-            // args_os: a non-UTF-8 argument (a --penv path) must not panic here.
-            command: std::env::args_os()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" "),
+            command: crate::messages::command_line(),
             since_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -8,6 +8,7 @@ use penv_guard::messages;
 fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
+    messages::init_logging(matches!(&cli.command, Command::Ensure(args) if args.verbose));
     match penv_guard::run(&cli, start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -6,6 +6,15 @@ use std::io::Write as _;
 
 pub const PREFIX: &str = "penv-guard: ";
 
+/// This process's command line, for the lock's holder record and the miss history (lossy:
+/// a non-UTF-8 argument never panics here).
+pub fn command_line() -> String {
+    std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// One human line on stderr, prefixed.
 pub fn say(message: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr().lock(), "{PREFIX}{message}");
@@ -44,4 +53,30 @@ pub fn json<T: serde::Serialize>(value: &T, pretty: bool) -> String {
     result.unwrap_or_else(|e| {
         serde_json::json!({"status": "error", "error": format!("report: {e}")}).to_string()
     })
+}
+
+/// Diagnostics go through `tracing`: `PENV_GUARD_LOG` (an `EnvFilter`, like `RUST_LOG`:
+/// `debug`, `penv_guard=info`) or `-v` (info) turns them on, to stderr, with each phase's
+/// duration. Nothing is set up otherwise, so a hit with logging off costs nothing for it. The
+/// variable works where nobody can pass `-v`, such as inside `pio run`.
+pub fn init_logging(verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let filter = match std::env::var("PENV_GUARD_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            say(format_args!(
+                "warning: PENV_GUARD_LOG={spec:?} is not a filter ({e}); using `info`"
+            ));
+            EnvFilter::new("info")
+        }),
+        _ if verbose => EnvFilter::new("penv_guard=info"),
+        _ => return,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_target(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .try_init();
 }

@@ -173,7 +173,10 @@ impl Penv {
 /// penv-guard's own files inside the penv (the state, its temp files, the creation marker).
 pub fn is_own_file_name(name: &std::ffi::OsStr) -> bool {
     name.to_str().is_some_and(|n| {
-        n == STATE_FILE || n == CREATED_MARKER || n.starts_with(fsutil::TEMP_PREFIX)
+        n == STATE_FILE
+            || n == CREATED_MARKER
+            || n == crate::history::HISTORY_FILE
+            || n.starts_with(fsutil::TEMP_PREFIX)
     })
 }
 

@@ -21,7 +21,9 @@
 //!   "build_sizes": <the `size` cache, as `size --json` reports it> | null,
 //!   "uv_cache":    { "path", "exists", "apparent_bytes", "allocated_bytes", "files" },
 //!   "hints":       [ "..." ],
-//!   "platforms":   [ "platform espressif32 <version>: hooked|not hooked|replaced by an update…" ] }
+//!   "platforms":   [ "platform espressif32 <version>: hooked|not hooked|replaced by an update…" ],
+//!   "misses":      "3 misses in the last 24 h: 2× … at 12:03, 12:40 UTC; …" | null,
+//!   "history":     [ { "at", "kind", "reason", "status", "timings_ms", "command" } ] (newest last) }
 //! ```
 
 use std::path::PathBuf;
@@ -56,6 +58,10 @@ struct Report {
     hints: Vec<String>,
     /// One line per pioarduino platform under the core dir: hooked or not, and what to do.
     platforms: Vec<String>,
+    /// The last 24 h of misses in one line, or null.
+    misses: Option<String>,
+    /// The miss history, newest last (see `history`).
+    history: Vec<crate::history::Miss>,
 }
 
 #[derive(Serialize)]
@@ -274,6 +280,10 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         );
     }
 
+    let history = crate::history::load(&ctx.penv);
+    #[allow(clippy::cast_precision_loss)]
+    let now = crate::fsutil::now_ns() as f64 / 1e9;
+    let misses = crate::history::summary(&history, now);
     let platforms = penv::core_dir()
         .map(|dir| crate::platform::status_lines(&dir))
         .unwrap_or_default();
@@ -281,6 +291,8 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     let report = Report {
         schema: 1,
         platforms,
+        misses,
+        history,
         penv: PenvReport {
             exists: ctx.penv.root.is_dir(),
             python: ctx.penv.python(),
@@ -480,6 +492,19 @@ fn print_human(r: &Report) {
                 .and_then(serde_json::Value::as_u64)
                 .unwrap_or(0);
             out!("build size    {name}: {} (cached)", human_bytes(bytes));
+        }
+    }
+    if let Some(misses) = &r.misses {
+        out!("misses        {misses}");
+        for miss in r.history.iter().rev().take(3) {
+            let total = miss.timings_ms.get("total").copied().unwrap_or_default();
+            out!(
+                "              {} ({}, {:.1} s): {}",
+                miss.status,
+                miss.kind,
+                total / 1000.0,
+                miss.command
+            );
         }
     }
     for line in &r.platforms {

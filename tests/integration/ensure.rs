@@ -444,3 +444,37 @@ fn ensure_with_project_and_env_prints_the_cached_build_size_line() {
         .ok();
     assert!(!run.stderr.contains("error"), "{}", run.stderr);
 }
+
+#[test]
+fn penv_guard_log_shows_each_phase_with_its_duration_and_a_quiet_hit_prints_nothing() {
+    let w = World::new();
+    let run = w
+        .ensure(&["alpha"])
+        .env("PENV_GUARD_LOG", "info")
+        .run()
+        .ok();
+    for phase in [
+        "check",
+        "lock_wait",
+        "venv",
+        "install",
+        "record_check",
+        "validate",
+        "record",
+    ] {
+        let line = format!("phase{{name=\"{phase}\"}}: close time.busy=");
+        assert!(
+            run.stderr.contains(&line),
+            "no {phase} span:\n{}",
+            run.stderr
+        );
+    }
+    let hit = w.ensure(&["alpha"]).run().ok();
+    assert_eq!(hit.stderr, "", "a hit with logging off prints nothing");
+    let hit = w.ensure(&["alpha"]).arg("-v").run().ok();
+    assert!(
+        hit.stderr.contains("hit: 1 requirements satisfied"),
+        "{}",
+        hit.stderr
+    );
+}

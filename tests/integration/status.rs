@@ -239,3 +239,39 @@ fn status_bad_input_exits_2() {
     let run = w.cmd("status").arg("--penv").arg(&file).run().code(2);
     assert!(run.stderr.contains("a-file"), "{}", run.stderr);
 }
+
+#[test]
+fn status_shows_the_miss_history_and_hits_write_none() {
+    let w = World::new();
+    w.ensure(&["alpha<2"]).run().ok();
+    w.ensure(&["alpha<2"]).run().ok();
+    fs::write(w.site_packages().join("stray.py"), "").unwrap();
+    w.ensure(&["alpha<2"]).run().ok();
+    let report = status(&w, &["alpha<2"]);
+    let history = report["history"].as_array().unwrap();
+    assert_eq!(
+        history.len(),
+        2,
+        "two misses, the hit wrote nothing: {report}"
+    );
+    assert_eq!(history[0]["kind"], "no_penv");
+    assert_eq!(history[1]["kind"], "stamp_changed");
+    assert_eq!(history[1]["status"], "installed");
+    assert!(history[1]["timings_ms"]["install"].as_f64().unwrap() > 0.0);
+    assert!(history[1]["command"].as_str().unwrap().contains("ensure"));
+    let misses = report["misses"].as_str().unwrap();
+    assert!(
+        misses.starts_with("2 misses in the last 24 h: "),
+        "{misses}"
+    );
+    assert!(
+        misses.contains("1× changed behind penv-guard's back"),
+        "{misses}"
+    );
+    let human = w.cmd("status").args(["--dep", "alpha<2"]).run().ok();
+    assert!(
+        human.stdout.contains("misses        2 misses"),
+        "{}",
+        human.stdout
+    );
+}
