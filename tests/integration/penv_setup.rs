@@ -164,7 +164,10 @@ impl Harness {
         let (cold, run) = self.hooked("down", "minimal", Binary::OnPath);
         assert_eq!(cold["exit"], Value::Null, "{}", run.stderr);
         assert_eq!(cold["calls"][0]["status"], "installed", "{cold}");
-        assert!(self.w.penv.join("bin/uv").is_file(), "penv-guard put uv into the penv");
+        assert!(
+            self.w.penv.join("bin/uv").is_file(),
+            "penv-guard put uv into the penv"
+        );
         // The very next pass is a hit.
         let (report, _) = self.hooked("down", "minimal", Binary::OnPath);
         assert_eq!(report["calls"][0]["status"], "hit", "{report}");
