@@ -10,7 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The prefix of penv-guard's temp files; [`sweep_temp_files`] removes stale ones.
@@ -228,6 +228,29 @@ pub fn now_ns() -> i64 {
     system_time_ns(SystemTime::now())
 }
 
+/// `path` with every symlink resolved, also when it does not exist yet: the deepest existing
+/// ancestor is resolved and the missing rest appended. So a path names the same real place
+/// before and after it is created (`fs::canonicalize` alone fails until then).
+pub fn real_path(path: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut existing = path;
+    loop {
+        if let Ok(real) = fs::canonicalize(existing) {
+            return missing
+                .iter()
+                .rev()
+                .fold(real, |real, name| real.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name);
+                existing = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +291,21 @@ mod tests {
             Err(ReadError::TooLarge(10))
         ));
         assert_eq!(read_capped(&big, 11, Follow::Never).unwrap().len(), 11);
+    }
+
+    #[test]
+    fn real_path_resolves_symlinks_before_the_path_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = fs::canonicalize(dir.path()).unwrap().join("real-home");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("home");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let penv = link.join(".platformio/penv");
+        let before = real_path(&penv);
+        assert_eq!(before, real.join(".platformio/penv"));
+        fs::create_dir_all(&penv).unwrap();
+        assert_eq!(real_path(&penv), before);
+        assert_eq!(fs::canonicalize(&penv).unwrap(), before);
     }
 
     #[test]

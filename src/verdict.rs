@@ -108,10 +108,10 @@ impl Context {
     }
 
     /// The penv's real path as text (resolved; for the fingerprint and a moved-penv check).
+    /// Resolved also before the penv exists, so the key `fingerprint` prints before an install
+    /// equals the one recorded after it when the core dir is reached through a symlink.
     pub fn penv_real_text(&self) -> String {
-        path_text(
-            &std::fs::canonicalize(&self.penv.root).unwrap_or_else(|_| self.penv.root.clone()),
-        )
+        path_text(&crate::fsutil::real_path(&self.penv.root))
     }
 
     /// Whether an explicit `--python` still names the interpreter recorded in `state`.

@@ -4,6 +4,7 @@
 mod support;
 
 mod adversarial;
+mod ci_cache;
 mod cli;
 mod ensure;
 mod lock;

@@ -370,7 +370,22 @@ pub struct Server {
 
 impl Server {
     pub fn serve(dir: &Path) -> Server {
+        Server::serve_logged(dir, None)
+    }
+
+    /// Like [`Server::serve`]; with `log`, http.server's request log (one line per request) is
+    /// appended to that file.
+    pub fn serve_logged(dir: &Path, log: Option<&Path>) -> Server {
         use std::io::BufRead as _;
+        let stderr = match log {
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap()
+                .into(),
+            None => std::process::Stdio::null(),
+        };
         let mut child = Command::new(host_python())
             .args([
                 "-u",
@@ -383,7 +398,7 @@ impl Server {
             ])
             .arg(dir)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
