@@ -434,6 +434,7 @@ impl Run<'_> {
         state: &State,
         phases: Phases,
     ) {
+        let timings_ms = phases.total();
         let args = self.args;
         let ctx = &self.ctx;
         if status == "hit" {
@@ -479,7 +480,7 @@ impl Run<'_> {
             modules: &state.modules,
             facts: &state.facts,
             build_size,
-            timings_ms: phases.total(),
+            timings_ms,
         };
         messages::println(&messages::json(&report, false));
     }
