@@ -60,11 +60,11 @@ impl Holder {
     pub fn describe(holder: Option<&Holder>) -> String {
         match holder {
             Some(h) => {
-                let age = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-                    .saturating_sub(h.since_unix);
-                format!("pid {} `{}` since {age}s ago", h.pid, h.command)
+                let since_ns = i64::try_from(h.since_unix)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000_000);
+                let age = crate::messages::human_age(fsutil::now_ns().saturating_sub(since_ns));
+                format!("pid {} `{}` (taken {age})", h.pid, h.command)
             }
             None => "an unknown process".to_owned(),
         }
