@@ -223,7 +223,13 @@ fn open_lock(path: &Path) -> Result<fs::File, String> {
         let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         options.custom_flags(i32::try_from(flags.bits()).unwrap_or(0));
     }
-    let file = options.open(path).map_err(|e| e.to_string())?;
+    let file = options.open(path).map_err(|e| {
+        #[cfg(unix)]
+        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            return "not a regular file but a symlink".to_owned();
+        }
+        e.to_string()
+    })?;
     let kind = file.metadata().map_err(|e| e.to_string())?.file_type();
     if !kind.is_file() {
         return Err(format!(
