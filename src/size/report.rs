@@ -22,7 +22,7 @@
 //! matches), `stale` (the next `size` walks), `missing`, or `unsized` (never sized: the sizes
 //! are null).
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Serialize;
@@ -203,11 +203,12 @@ impl SizeReport {
     }
 }
 
-/// Σ over the rows, with hard-linked inodes shared between envs counted once.
+/// Σ over the rows, with hard-linked inodes shared between envs counted once. (A `BTreeSet`:
+/// a `HashSet` would seed its hasher from `getrandom` on the cached path.)
 fn project_totals(rows: &[Row]) -> (u64, u64) {
     let mut apparent = 0u64;
     let mut allocated = 0u64;
-    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    let mut seen: BTreeSet<(u64, u64)> = BTreeSet::new();
     for entry in rows.iter().filter_map(|r| r.entry.as_ref()) {
         apparent += entry.totals.apparent;
         allocated += entry.totals.allocated;
