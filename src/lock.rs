@@ -210,3 +210,27 @@ fn wait_for(file: File, timeout: Duration) -> Result<File, WaitError> {
     stop.store(true, Ordering::Relaxed);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_described_with_its_age_in_words() {
+        let since_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 300;
+        let holder = Holder {
+            pid: 777,
+            command: "pio run".to_owned(),
+            since_unix,
+        };
+        assert_eq!(
+            Holder::describe(Some(&holder)),
+            "pid 777 `pio run` (taken 5 min ago)"
+        );
+        assert_eq!(Holder::describe(None), "an unknown process");
+    }
+}
