@@ -180,8 +180,9 @@ struct Document {
 /// dropped (a miss), never an error. Returns the usable entries and whether anything was dropped.
 ///
 /// A well-formed file (the cached path, every time) is read straight into the typed entries,
-/// which costs a fifth of building a `Value` tree first. Anything else takes the tolerant path,
-/// which keeps the usable entries one by one; both agree on every input (see the tests).
+/// at about half the cost of building a `Value` tree first (109k instead of 232k instructions
+/// for a key of 28 stamps). Anything else takes the tolerant path, which keeps the usable
+/// entries one by one; both agree on every input (see the tests).
 pub fn parse(bytes: &[u8]) -> (Entries, bool) {
     // `{`: a derived struct would also accept a JSON array, which the tolerant path rejects.
     if bytes.trim_ascii_start().starts_with(b"{")
