@@ -135,21 +135,24 @@ fn cached_row(env: EnvSpec, entry: Option<Entry>) -> Row {
     }
 }
 
-/// `env`'s cached size, from the cache alone (no walk; one key capture of that env says whether
-/// the entry is still `fresh` or `stale`). `Ok(None)` when the cache has no entry for it (never
-/// sized). A project dir that cannot be resolved, and an env the project does not have, are
-/// usage errors (exit 2) naming it, with the known envs, exactly as `size --env NAME` reports them.
-pub fn cached_entry(project_dir: &Path, env: &str) -> Result<Option<EnvReport>> {
+/// The project's env `env` and its cache entry, if any, from the cache alone (no key capture).
+/// Unknown envs and unresolvable projects are usage errors, as for `size --env NAME`.
+fn cached_env(project_dir: &Path, env: &str) -> Result<(EnvSpec, Option<Entry>)> {
     let project = Project::open(project_dir)?;
     let spec = project
         .select(&project.envs(), &[env.to_owned()])?
         .swap_remove(0);
     let mut entries = cache::load(&project.cache_path).into_entries();
-    let Some(entry) = entries.remove(env) else {
-        return Ok(None);
-    };
-    let row = cached_row(spec, Some(entry));
-    Ok(Some(EnvReport::new(&row, fsutil::now_ns())))
+    Ok((spec, entries.remove(env)))
+}
+
+/// `env`'s cached size, from the cache alone (no walk; one key capture of that env says whether
+/// the entry is still `fresh` or `stale`). `Ok(None)` when the cache has no entry for it (never
+/// sized). A project dir that cannot be resolved, and an env the project does not have, are
+/// usage errors (exit 2) naming it, with the known envs, exactly as `size --env NAME` reports them.
+pub fn cached_entry(project_dir: &Path, env: &str) -> Result<Option<EnvReport>> {
+    let (spec, entry) = cached_env(project_dir, env)?;
+    Ok(entry.map(|entry| EnvReport::new(&cached_row(spec, Some(entry)), fsutil::now_ns())))
 }
 
 /// The project's build sizes as `size --json` reports them, but from the cache alone (no walk;
@@ -176,13 +179,14 @@ pub fn cached_reports(project_dir: &Path) -> Option<SizeReport> {
     ))
 }
 
-/// One line about `env`'s cached build size ([`EnvReport::summary`]). `None` when there is no
-/// cache entry, the env is unknown or the project cannot be resolved.
+/// One line about `env`'s cached build size ([`EnvReport::summary`]), from the cache alone: no
+/// key capture, so it costs `ensure`'s hit path one cache read. `None` when there is no cache
+/// entry, the env is unknown or the project cannot be resolved.
 ///
 /// Kept for `ensure.rs` until it calls [`cached_entry`] (which reports an unknown env).
 pub fn cached_summary(project_dir: &Path, env: &str) -> Option<String> {
-    let entry = cached_entry(project_dir, env).ok()??;
-    Some(entry.summary(fsutil::now_ns()))
+    let (_, entry) = cached_env(project_dir, env).ok()?;
+    Some(report::entry_summary(env, &entry?, fsutil::now_ns()))
 }
 
 /// [`cached_reports`] as a JSON value.
@@ -254,6 +258,11 @@ mod tests {
         assert_eq!(
             (entry.state, entry.apparent_bytes),
             (EnvState::Fresh, Some(5302))
+        );
+        assert_eq!(
+            entry.summary(fsutil::now_ns()),
+            summary,
+            "one line, two ways"
         );
         let mut same = serde_json::to_value(&entry).unwrap();
         same["age_seconds"] = first["age_seconds"].clone();

@@ -136,17 +136,46 @@ impl EnvReport {
     /// One line for `ensure`, e.g. `build size of env esp32dev: 12.3 MiB (cached 5 min ago)`,
     /// or `... : not built (checked 5 min ago)` when the env dir was missing.
     pub fn summary(&self, now_ns: i64) -> String {
-        let age = human_age(now_ns.saturating_sub(self.walked_at_ns.unwrap_or(now_ns)));
-        if !self.exists {
-            return format!("build size of env {}: not built (checked {age})", self.name);
-        }
-        let partial = if self.partial { "partial, " } else { "" };
-        format!(
-            "build size of env {}: {} ({partial}cached {age})",
-            self.name,
-            human_bytes(self.apparent_bytes.unwrap_or(0))
+        summary_line(
+            &self.name,
+            self.exists,
+            self.partial,
+            self.apparent_bytes.unwrap_or(0),
+            self.walked_at_ns.unwrap_or(now_ns),
+            now_ns,
         )
     }
+}
+
+/// [`EnvReport::summary`] from a cache entry, without its freshness (no key capture).
+pub fn entry_summary(name: &str, entry: &Entry, now_ns: i64) -> String {
+    summary_line(
+        name,
+        entry.key.is_some(),
+        entry.partial(),
+        entry.totals.apparent,
+        entry.walked_at_ns,
+        now_ns,
+    )
+}
+
+fn summary_line(
+    name: &str,
+    exists: bool,
+    partial: bool,
+    apparent: u64,
+    walked_at_ns: i64,
+    now_ns: i64,
+) -> String {
+    let age = human_age(now_ns.saturating_sub(walked_at_ns));
+    if !exists {
+        return format!("build size of env {name}: not built (checked {age})");
+    }
+    let partial = if partial { "partial, " } else { "" };
+    format!(
+        "build size of env {name}: {} ({partial}cached {age})",
+        human_bytes(apparent)
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
