@@ -30,8 +30,14 @@ const MAX_SECONDS: f64 = 3.2e9;
 pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
     let lock_timeout = seconds(args.lock_timeout, "--lock-timeout")?;
     let install_timeout = seconds(args.install_timeout, "--install-timeout")?;
+    // An unknown `--env` is bad input before anything else happens, as it is for `size`.
+    let build_size = match (&args.project_dir, &args.env) {
+        (Some(project), Some(env)) => crate::size::cached_entry(project, env)?,
+        _ => None,
+    };
     let run = Run {
         args,
+        build_size,
         ctx: Context::resolve(&args.penv, &args.deps)?,
         offline: args.offline || penv::platformio_offline(),
         install_timeout,
@@ -85,6 +91,8 @@ fn seconds(value: f64, flag: &str) -> Result<Duration> {
 struct Run<'a> {
     args: &'a EnsureArgs,
     ctx: Context,
+    /// With `--project-dir` and `--env`: that environment's cached build size (no walk).
+    build_size: Option<crate::size::EnvReport>,
     offline: bool,
     install_timeout: Duration,
 }
@@ -444,22 +452,10 @@ impl Run<'_> {
                 ctx.penv.root.display()
             );
         }
-        let mut build_size = None;
-        if let (Some(project), Some(env)) = (&args.project_dir, &args.env) {
-            if !args.quiet
-                && let Some(line) = crate::size::cached_summary(project, env)
-            {
-                messages::say(line);
-            }
-            if args.json {
-                build_size = crate::size::cached_report(project).and_then(|report| {
-                    report["envs"]
-                        .as_array()?
-                        .iter()
-                        .find(|e| e["name"] == env.as_str())
-                        .cloned()
-                });
-            }
+        if let Some(size) = &self.build_size
+            && !args.quiet
+        {
+            messages::say(size.summary(fsutil::now_ns()));
         }
         if !args.json {
             return;
@@ -479,7 +475,7 @@ impl Run<'_> {
             installed: &state.installed,
             modules: &state.modules,
             facts: &state.facts,
-            build_size,
+            build_size: self.build_size.as_ref(),
             timings_ms,
         };
         messages::println(&messages::json(&report, false));
@@ -508,7 +504,7 @@ struct EnsureReport<'a> {
     facts: &'a BTreeMap<String, String>,
     /// With `--project-dir` and `--env`: that environment's entry of the size cache (no walk).
     #[serde(skip_serializing_if = "Option::is_none")]
-    build_size: Option<serde_json::Value>,
+    build_size: Option<&'a crate::size::EnvReport>,
     timings_ms: BTreeMap<String, f64>,
 }
 

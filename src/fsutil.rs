@@ -66,6 +66,11 @@ fn open_flags(follow: Follow) -> i32 {
 
 /// Opens `path` for reading without blocking; `Err(NotRegular)` for anything but a regular file.
 pub fn open_regular(path: &Path, follow: Follow) -> Result<File, ReadError> {
+    open_regular_sized(path, follow).map(|(file, _)| file)
+}
+
+/// [`open_regular`], and the file's length when it was opened.
+fn open_regular_sized(path: &Path, follow: Follow) -> Result<(File, u64), ReadError> {
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut options = OpenOptions::new();
@@ -78,11 +83,12 @@ pub fn open_regular(path: &Path, follow: Follow) -> Result<File, ReadError> {
         Err(e) if is_symlink_refusal(&e, follow) => return Err(ReadError::NotRegular("a symlink")),
         Err(e) => return Err(ReadError::Io(e)),
     };
-    let kind = file.metadata().map_err(ReadError::Io)?.file_type();
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    let kind = meta.file_type();
     if !kind.is_file() {
         return Err(ReadError::NotRegular(kind_name(kind)));
     }
-    Ok(file)
+    Ok((file, meta.len()))
 }
 
 fn is_symlink_refusal(e: &io::Error, follow: Follow) -> bool {
@@ -124,8 +130,11 @@ pub fn kind_name(kind: fs::FileType) -> &'static str {
 
 /// The whole content of a regular file, at most `cap` bytes.
 pub fn read_capped(path: &Path, cap: u64, follow: Follow) -> Result<Vec<u8>, ReadError> {
-    let file = open_regular(path, follow)?;
-    let mut bytes = Vec::new();
+    let (file, len) = open_regular_sized(path, follow)?;
+    // Sized from the length (plus one byte to see the end, or growth past the cap): one read
+    // instead of a doubling series of small ones.
+    let expected = usize::try_from(len.min(cap)).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(expected.saturating_add(1));
     file.take(cap + 1)
         .read_to_end(&mut bytes)
         .map_err(ReadError::Io)?;

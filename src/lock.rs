@@ -83,11 +83,11 @@ impl Holder {
     pub fn describe(holder: Option<&Holder>) -> String {
         match holder {
             Some(h) => {
-                let age = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-                    .saturating_sub(h.since_unix);
-                format!("pid {} `{}` since {age}s ago", h.pid, h.command)
+                let since_ns = i64::try_from(h.since_unix)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000_000);
+                let age = crate::messages::human_age(fsutil::now_ns().saturating_sub(since_ns));
+                format!("pid {} `{}` (taken {age})", h.pid, h.command)
             }
             None => "an unknown process".to_owned(),
         }
@@ -292,4 +292,28 @@ fn wait_for(file: File, timeout: Duration) -> Result<File, WaitError> {
     };
     stop.store(true, Ordering::Relaxed);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_described_with_its_age_in_words() {
+        let since_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 300;
+        let holder = Holder {
+            pid: 777,
+            command: "pio run".to_owned(),
+            since_unix,
+        };
+        assert_eq!(
+            Holder::describe(Some(&holder)),
+            "pid 777 `pio run` (taken 5 min ago)"
+        );
+        assert_eq!(Holder::describe(None), "an unknown process");
+    }
 }

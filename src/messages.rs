@@ -80,3 +80,54 @@ pub fn init_logging(verbose: bool) {
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .try_init();
 }
+
+/// A byte count for people, in binary units with one decimal: `1536` → `1.5 KiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// An age in nanoseconds for people, in its largest whole unit: `90 s` → `1 min ago`. Ages of
+/// zero or less (a clock set back) read `just now`.
+pub fn human_age(ns: i64) -> String {
+    let secs = ns / 1_000_000_000;
+    match secs {
+        i64::MIN..=0 => "just now".to_owned(),
+        1..=59 => format!("{secs} s ago"),
+        60..=3599 => format!("{} min ago", secs / 60),
+        3600..=86_399 => format!("{} h ago", secs / 3600),
+        _ => format!("{} d ago", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12_897_485), "12.3 MiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
+        assert_eq!(human_age(-5_000_000_000), "just now");
+        assert_eq!(human_age(0), "just now");
+        assert_eq!(human_age(59_999_999_999), "59 s ago");
+        assert_eq!(human_age(300_000_000_000), "5 min ago");
+        assert_eq!(human_age(7_200_000_000_000), "2 h ago");
+        assert_eq!(human_age(3 * 86_400_000_000_000), "3 d ago");
+    }
+}

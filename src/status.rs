@@ -35,8 +35,8 @@ use crate::cli::StatusArgs;
 use crate::distinfo;
 use crate::error::Result;
 use crate::lock::{self, Holder};
+use crate::messages::{human_age, human_bytes};
 use crate::penv;
-use crate::size::{human_age, human_bytes};
 use crate::state::{self, Loaded};
 use crate::validate;
 use crate::verdict::{self, Context, MissReason, Verdict};
@@ -53,7 +53,7 @@ struct Report {
     lock: LockReport,
     last_install: Option<LastInstall>,
     last_write: Option<LastWrite>,
-    build_sizes: Option<serde_json::Value>,
+    build_sizes: Option<crate::size::SizeReport>,
     uv_cache: UvCacheReport,
     hints: Vec<String>,
     /// One line per pioarduino platform under the core dir: hooked or not, and what to do.
@@ -321,7 +321,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         build_sizes: args
             .project_dir
             .as_deref()
-            .and_then(crate::size::cached_report),
+            .and_then(crate::size::cached_reports),
         uv_cache,
         hints,
     };
@@ -479,20 +479,13 @@ fn print_human(r: &Report) {
     } else {
         out!("uv cache      (none at {})", r.uv_cache.path.display());
     }
-    if let Some(sizes) = &r.build_sizes
-        && let Some(envs) = sizes.get("envs").and_then(serde_json::Value::as_array)
-    {
-        for env in envs {
-            let name = env
-                .get("name")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("?");
-            let bytes = env
-                .get("apparent_bytes")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0);
-            out!("build size    {name}: {} (cached)", human_bytes(bytes));
-        }
+    for env in r.build_sizes.iter().flat_map(|sizes| &sizes.envs) {
+        let bytes = env.apparent_bytes.unwrap_or(0);
+        out!(
+            "build size    {}: {} (cached)",
+            env.name,
+            human_bytes(bytes)
+        );
     }
     if let Some(misses) = &r.misses {
         out!("misses        {misses}");

@@ -434,15 +434,36 @@ fn ensure_with_project_and_env_prints_the_cached_build_size_line() {
         .ok();
     assert_eq!(run.json()["build_size"]["apparent_bytes"], 3 * 1024 * 1024);
     assert_eq!(run.stderr, "", "-q keeps the size line off stderr");
-    // Size bookkeeping never fails an ensure: an unknown project only loses the line.
+    // An unknown environment or project is bad input, as it is for `size --env`.
     let run = w
         .ensure(&["alpha"])
         .arg("--project-dir")
-        .arg(w.dir.path().join("nowhere"))
+        .arg(&project)
+        .args(["--env", "bogus"])
+        .run()
+        .code(2);
+    assert!(
+        run.stderr.contains("bogus") && run.stderr.contains("esp32dev"),
+        "names the bad env and the known ones: {}",
+        run.stderr
+    );
+    let size = w
+        .cmd("size")
+        .arg("--project-dir")
+        .arg(&project)
+        .args(["--env", "bogus"])
+        .run()
+        .code(2);
+    assert_eq!(size.stderr, run.stderr, "size and ensure say the same");
+    let nowhere = w.dir.path().join("nowhere");
+    let run = w
+        .ensure(&["alpha"])
+        .arg("--project-dir")
+        .arg(&nowhere)
         .args(["--env", "x"])
         .run()
-        .ok();
-    assert!(!run.stderr.contains("error"), "{}", run.stderr);
+        .code(2);
+    assert!(run.stderr.contains("nowhere"), "{}", run.stderr);
 }
 
 #[test]

@@ -949,3 +949,121 @@ fn python_apparent(dir: &Path) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Runs `command`, failing the test (instead of hanging it) if it has not exited within 20 s.
+fn run_without_hanging(command: TestCommand) -> Run {
+    let mut child = command.spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("penv-guard size hung");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Run::from(child.wait_with_output().unwrap())
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Something penv-guard did not create sits at its cache path: every call is a miss that walks
+/// and prints the sizes, none hangs or fails, and the thing is left as it was.
+fn assert_foreign_cache_path_is_a_miss_left_alone(p: &Project, what: &str) {
+    for _ in 0..2 {
+        let run = run_without_hanging(p.size().arg("--json")).code(0);
+        let r = run.json();
+        assert!(walked(&r, "a"), "{what}: a miss");
+        assert_eq!(num(&r, "a", "apparent_bytes"), FAKE_BUILD_BYTES, "{what}");
+        assert_eq!(r["cache_written"], false, "{what}: not replaced");
+        assert!(
+            run.stderr.contains("not cached") && run.stderr.contains(what),
+            "{what}: {}",
+            run.stderr
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    }
+    let run = run_without_hanging(p.size()).code(0);
+    assert!(run.stdout.contains("walked"), "{}", run.stdout);
+}
+
+#[test]
+fn size_fifo_at_the_cache_path_is_a_miss_never_a_hang() {
+    let p = Project::with_envs(&["a"]);
+    p.build("a");
+    fs::create_dir_all(p.cache_path().parent().unwrap()).unwrap();
+    mkfifo(&p.cache_path());
+    assert_foreign_cache_path_is_a_miss_left_alone(&p, "a FIFO");
+    let kind = fs::symlink_metadata(p.cache_path()).unwrap().file_type();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_fifo(&kind),
+        "the FIFO is still there"
+    );
+}
+
+#[test]
+fn size_symlink_to_dev_zero_at_the_cache_path_is_a_miss_never_read() {
+    let p = Project::with_envs(&["a"]);
+    p.build("a");
+    fs::create_dir_all(p.cache_path().parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", p.cache_path()).unwrap();
+    assert_foreign_cache_path_is_a_miss_left_alone(&p, "a symlink");
+    assert_eq!(
+        fs::read_link(p.cache_path()).unwrap(),
+        Path::new("/dev/zero"),
+        "the symlink is still there"
+    );
+}
+
+#[test]
+fn size_directory_at_the_cache_path_is_a_miss_left_alone() {
+    let p = Project::with_envs(&["a"]);
+    p.build("a");
+    fs::create_dir_all(p.cache_path()).unwrap();
+    fs::write(p.cache_path().join("keep"), "not penv-guard's").unwrap();
+    assert_foreign_cache_path_is_a_miss_left_alone(&p, "a directory");
+    assert_eq!(
+        fs::read_to_string(p.cache_path().join("keep")).unwrap(),
+        "not penv-guard's"
+    );
+}
+
+#[test]
+fn size_symlink_or_fifo_at_the_lock_path_is_not_followed_nor_blocking() {
+    let p = Project::with_envs(&["a"]);
+    p.build("a");
+    let lock = p.cache_path().with_file_name("build-size.lock");
+    fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let target = p.tmp.path().join("lock-target");
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    let run = run_without_hanging(p.size().arg("--json")).code(0);
+    assert_eq!(run.json()["cache_written"], false);
+    assert!(run.stderr.contains("build-size.lock"), "{}", run.stderr);
+    assert!(!target.exists(), "the symlink was not followed");
+    assert!(!p.cache_path().exists());
+
+    fs::remove_file(&lock).unwrap();
+    mkfifo(&lock);
+    let run = run_without_hanging(p.size().arg("--json")).code(0);
+    assert_eq!(run.json()["cache_written"], false);
+    assert!(run.stderr.contains("a FIFO"), "{}", run.stderr);
+    assert!(!p.cache_path().exists());
+}
+
+#[test]
+fn size_fifo_platformio_ini_exits_2_naming_it_without_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ini = tmp.path().join("platformio.ini");
+    mkfifo(&ini);
+    let run = run_without_hanging(size_cmd(tmp.path())).code(2);
+    assert!(
+        run.stderr.contains("platformio.ini") && run.stderr.contains("a FIFO"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
