@@ -2,14 +2,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-const EXIT_CODES: &str = "\
-Exit codes:
-  0   satisfied (hit, or installed and validated)
-  1   install failed (uv or venv creation failed, uv or Python missing, I/O error)
-  2   usage error or bad input (flags, requirements, deps JSON, paths)
-  3   import validation failed after install (no state written)
-  4   offline and not satisfiable from the local cache
-  75  lock timeout: another penv-guard holds the penv lock (retryable)";
+use crate::error::EXIT_CODES;
 
 /// Keep PlatformIO's Python environment (penv) satisfied, fast and safely.
 #[derive(Debug, Parser)]

@@ -68,22 +68,13 @@ pub fn parse_metadata(text: &str) -> (Option<String>, Option<String>) {
     (name, version)
 }
 
-/// PEP 503: lowercase, runs of `-`, `_`, `.` become one `-`.
+/// PEP 503 (`pep508_rs::PackageName`): lowercase, runs of `-`, `_`, `.` become one `-`. A name
+/// that is not a valid distribution name (a damaged METADATA) is kept lowercased, so it can
+/// never match a requirement by accident.
 pub fn normalize_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut pending_dash = false;
-    for c in name.trim().chars() {
-        if matches!(c, '-' | '_' | '.') {
-            pending_dash = true;
-        } else {
-            if pending_dash && !out.is_empty() {
-                out.push('-');
-            }
-            pending_dash = false;
-            out.extend(c.to_lowercase());
-        }
-    }
-    out
+    let name = name.trim();
+    pep508_rs::PackageName::new(name.to_owned())
+        .map_or_else(|_| name.to_lowercase(), |n| n.to_string())
 }
 
 /// Importable top-level modules of a distribution: from RECORD (what was really installed), else

@@ -2,6 +2,17 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// The exit-code table: `--help` prints it, the README repeats it (a test checks they agree),
+/// and `Error::exit_code` maps every error onto one of its codes.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   satisfied (hit, or installed and validated)
+  1   install failed (uv or venv creation failed, uv or Python missing, I/O error, no lock access)
+  2   usage error or bad input (flags, requirements, deps JSON, paths, unknown --env)
+  3   validation failed after install: an import, or a damaged distribution (no state written)
+  4   offline and not satisfiable from the local cache
+  75  lock timeout: another penv-guard holds the penv lock (retryable)";
+
 pub const EXIT_INSTALL: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_VALIDATION: u8 = 3;
@@ -196,3 +207,32 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_and_help_list_the_same_exit_codes() {
+        let readme = include_str!("../README.md");
+        for line in EXIT_CODES.lines().skip(1) {
+            let code = line.split_whitespace().next().unwrap();
+            assert!(
+                readme.contains(&format!("| {code} |")),
+                "README's exit-code table lacks {code}"
+            );
+        }
+        for code in [
+            EXIT_INSTALL,
+            EXIT_USAGE,
+            EXIT_VALIDATION,
+            EXIT_OFFLINE,
+            EXIT_LOCK_TIMEOUT,
+        ] {
+            assert!(
+                EXIT_CODES.contains(&format!("\n  {code} ")),
+                "--help lacks exit code {code}"
+            );
+        }
+    }
+}

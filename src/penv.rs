@@ -53,7 +53,7 @@ impl Penv {
                 root.display()
             )));
         }
-        if root.exists() && !root.is_dir() {
+        if std::fs::metadata(&root).is_ok_and(|m| !m.is_dir()) {
             return Err(Error::Usage(format!(
                 "--penv {} is not a directory",
                 root.display()

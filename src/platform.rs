@@ -134,13 +134,7 @@ fn sibling(file: &Path, suffix: &str) -> PathBuf {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    Sha256::digest(bytes)
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex::encode(Sha256::digest(bytes))
 }
 
 pub fn run(args: &PlatformArgs) -> Result<()> {

@@ -169,26 +169,15 @@ pub fn encode_os(s: &OsStr) -> String {
     if let Some(s) = s.to_str() {
         return s.to_owned();
     }
-    let bytes = s.as_encoded_bytes();
-    let mut out = String::with_capacity(5 + bytes.len() * 2);
-    out.push_str("\0hex:");
-    for b in bytes {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    format!("\0hex:{}", hex::encode(s.as_encoded_bytes()))
 }
 
 /// An [`encode_os`] string back to something printable (lossy).
 pub fn display_encoded(encoded: &str) -> String {
-    match encoded.strip_prefix("\0hex:") {
-        Some(hex) => {
-            let bytes: Vec<u8> = (0..hex.len() / 2)
-                .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-                .collect();
-            String::from_utf8_lossy(&bytes).into_owned()
-        }
-        None => encoded.to_owned(),
+    // A damaged encoding is shown as it is, never silently shortened.
+    match encoded.strip_prefix("\0hex:").map(hex::decode) {
+        Some(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => encoded.to_owned(),
     }
 }
 

@@ -447,13 +447,14 @@ fn ensure_with_project_and_env_prints_the_cached_build_size_line() {
         "names the bad env and the known ones: {}",
         run.stderr
     );
-    let size = w
-        .cmd("size")
-        .arg("--project-dir")
-        .arg(&project)
-        .args(["--env", "bogus"])
-        .run()
-        .code(2);
+    let size = crate::support::Run::from(
+        std::process::Command::new(crate::support::BIN)
+            .args(["size", "--env", "bogus", "--project-dir"])
+            .arg(&project)
+            .output()
+            .unwrap(),
+    )
+    .code(2);
     assert_eq!(size.stderr, run.stderr, "size and ensure say the same");
     let nowhere = w.dir.path().join("nowhere");
     let run = w
