@@ -81,7 +81,13 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
 }
 
 fn seconds(value: f64, flag: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(value.min(MAX_SECONDS)).map_err(|_| {
+    // `f64::min` would turn NaN into the cap: NaN is bad input, not "no limit".
+    let checked = if value.is_nan() {
+        -1.0
+    } else {
+        value.min(MAX_SECONDS)
+    };
+    Duration::try_from_secs_f64(checked).map_err(|_| {
         Error::Usage(format!(
             "{flag} must be a non-negative number of seconds, not {value}"
         ))
@@ -221,7 +227,8 @@ impl Run<'_> {
         }
         let host = self.host_python(timeout)?;
         let mut uv = ctx.uv();
-        if let Some(why) = self.needs_new_venv(host.as_ref()) {
+        let moved = matches!(reason, MissReason::PenvMoved { .. }).then(|| reason.to_string());
+        if let Some(why) = moved.or_else(|| self.needs_new_venv(host.as_ref())) {
             let Some(host) = &host else {
                 return Err(Error::PythonNotFound {
                     python: ctx
@@ -255,11 +262,24 @@ impl Run<'_> {
             ctx.penv.root.display()
         ));
         let requirements = self.requirements_file()?;
+        // Damage uv cannot see (a RECORD file or METADATA missing) is reinstalled right away.
+        let already_damaged: Vec<String> = match self.site_packages() {
+            Ok(site_packages) => {
+                let dists = distinfo::installed_distributions(&site_packages);
+                let mut names: Vec<String> = distinfo::record_problems(&dists)
+                    .into_iter()
+                    .map(|p| p.normalized)
+                    .collect();
+                names.dedup();
+                names
+            }
+            Err(_) => Vec::new(),
+        };
         let mut request = InstallRequest {
             uv: &uv,
             python: &ctx.penv.python(),
             requirements_file: &requirements.1,
-            reinstall: &[],
+            reinstall: &already_damaged,
             cache_dir: &ctx.cache_dir,
             offline: self.offline,
             timeout,
@@ -404,7 +424,18 @@ impl Run<'_> {
         let ctx = &self.ctx;
         let site_packages = self.site_packages()?;
         let all_modules: Vec<String> = checked.modules.values().flatten().cloned().collect();
-        let entries = distinfo::module_entries(&site_packages, &all_modules);
+        let mut entries = distinfo::module_entries(&site_packages, &all_modules);
+        // The required distributions' dist-info directories: a METADATA or RECORD removed or
+        // replaced there changes them.
+        let dists = distinfo::installed_distributions(&site_packages);
+        entries.extend(
+            checked
+                .installed
+                .keys()
+                .filter_map(|name| dists.get(name)?.dist_info.file_name())
+                .filter_map(|name| name.to_str().map(str::to_owned))
+                .filter(|name| !name.contains('/')),
+        );
         let recorded = verdict::stamp_keys(ctx, &site_packages, &entries)
             .into_iter()
             .map(|key| (key, None))

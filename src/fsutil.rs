@@ -144,6 +144,46 @@ pub fn read_capped(path: &Path, cap: u64, follow: Follow) -> Result<Vec<u8>, Rea
     Ok(bytes)
 }
 
+/// A file the user named (`-r FILE`, `--deps-json FILE`): a regular file, or a pipe or FIFO
+/// (`-r <(…)` works; a FIFO nobody writes to reads as empty instead of blocking the open), at
+/// most `cap` bytes. A directory, a device (`/dev/zero`) or a socket is refused.
+pub fn read_user_file(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    options.custom_flags(open_flags(Follow::Symlinks));
+    let file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    let kind = file.metadata().map_err(ReadError::Io)?.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        if !(kind.is_file() || kind.is_fifo()) {
+            return Err(ReadError::NotRegular(kind_name(kind)));
+        }
+        // Opened without blocking; read blocking, so a pipe's writer is waited for.
+        rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
+            .map_err(|e| ReadError::Io(e.into()))?;
+    }
+    #[cfg(not(unix))]
+    if !kind.is_file() {
+        return Err(ReadError::NotRegular(kind_name(kind)));
+    }
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    if bytes.len() as u64 > cap {
+        return Err(ReadError::TooLarge(cap));
+    }
+    Ok(bytes)
+}
+
 /// A venv or distribution file as text (lossy), `None` when it cannot be read as a regular file.
 pub fn read_foreign_text(path: &Path) -> Option<String> {
     read_capped(path, FOREIGN_FILE_CAP, Follow::Symlinks)

@@ -40,7 +40,9 @@ pub fn load(penv: &Penv) -> Vec<Miss> {
 
 /// Appends `miss`, keeping the last 50. Best effort: the history never fails a run.
 pub fn append(penv: &Penv, miss: &Miss) {
-    if !penv.root.is_dir() {
+    let path = penv.root.join(HISTORY_FILE);
+    // Something else at the history path (a FIFO, a directory) is not penv-guard's to replace.
+    if !penv.root.is_dir() || std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
         return;
     }
     let mut misses = load(penv);
@@ -53,7 +55,7 @@ pub fn append(penv: &Penv, miss: &Miss) {
             text.push('\n');
         }
     }
-    let _ = fsutil::write_atomic(&penv.root.join(HISTORY_FILE), text.as_bytes(), false);
+    let _ = fsutil::write_atomic(&path, text.as_bytes(), false);
 }
 
 /// "3 misses in the last 24 h: 2× stamp_changed (changed behind penv-guard's back: …) at 12:03

@@ -137,37 +137,26 @@ pub struct LockRequest<'a> {
 
 pub fn acquire(request: &LockRequest<'_>) -> Result<PenvLock> {
     let start = Instant::now();
-    let file = open(request.lock_path)?;
-    // The lock exists before the holder record and the signal handler exist.
-    let file = match file.try_lock() {
-        Ok(()) => file,
-        Err(std::fs::TryLockError::Error(e)) => return unsupported(request, e),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = Holder::read(request.holder_path);
-            if !request.quiet {
-                eprintln!(
-                    "penv-guard: waiting for the penv lock {} held by {}; timeout {}s (PENV_GUARD_LOCK_TIMEOUT)",
-                    request.lock_path.display(),
-                    Holder::describe(holder.as_ref()),
-                    request.timeout.as_secs_f64()
-                );
-            }
-            match wait_for(file, request.timeout) {
-                Ok(file) => file,
-                Err(WaitError::Timeout) => {
-                    let holder = Holder::read(request.holder_path).or(holder);
-                    return Err(Error::LockTimeout {
-                        path: request.lock_path.to_path_buf(),
-                        seconds: request.timeout.as_secs_f64(),
-                        holder: Holder::describe(holder.as_ref()),
-                    });
-                }
-                Err(WaitError::Io(e)) => return unsupported(request, e),
-            }
+    let mut announced = false;
+    let file = loop {
+        let Some(file) = lock_once(request, start, &mut announced)? else {
+            return Ok(PenvLock {
+                file: None,
+                holder_path: request.holder_path.to_path_buf(),
+                waited: Duration::ZERO,
+            });
+        };
+        // A lock file deleted (and perhaps recreated) while we waited is not the lock the next
+        // process will take: only the file that is still at the path counts.
+        if is_still_at(&file, request.lock_path) {
+            break file;
         }
     };
-    // Informational only; a failure to record the holder must not fail the install.
-    if let Ok(bytes) = serde_json::to_vec(&Holder::current())
+    // Informational only; a failure to record the holder must not fail the install, and
+    // something else at its path (a FIFO, a directory) is never replaced.
+    let foreign = fs::symlink_metadata(request.holder_path).is_ok_and(|m| !m.is_file());
+    if !foreign
+        && let Ok(bytes) = serde_json::to_vec(&Holder::current())
         && fsutil::write_atomic(request.holder_path, &bytes, false).is_ok()
     {
         crate::process::set_holder_record(Some(request.holder_path.to_path_buf()));
@@ -177,6 +166,58 @@ pub fn acquire(request: &LockRequest<'_>) -> Result<PenvLock> {
         holder_path: request.holder_path.to_path_buf(),
         waited: start.elapsed(),
     })
+}
+
+/// One attempt: open the file at the lock path and lock it within what is left of the timeout.
+/// `None`: the filesystem cannot lock and the caller allowed that (`--allow-unlocked`).
+fn lock_once(
+    request: &LockRequest<'_>,
+    start: Instant,
+    announced: &mut bool,
+) -> Result<Option<File>> {
+    let file = open(request.lock_path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::Error(e)) => unsupported(request, e),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = Holder::read(request.holder_path);
+            if !request.quiet && !*announced {
+                crate::messages::say(format_args!(
+                    "waiting for the penv lock {} held by {}; timeout {}s (PENV_GUARD_LOCK_TIMEOUT)",
+                    request.lock_path.display(),
+                    Holder::describe(holder.as_ref()),
+                    request.timeout.as_secs_f64()
+                ));
+                *announced = true;
+            }
+            match wait_for(file, request.timeout.saturating_sub(start.elapsed())) {
+                Ok(file) => Ok(Some(file)),
+                Err(WaitError::Timeout) => {
+                    let holder = Holder::read(request.holder_path).or(holder);
+                    Err(Error::LockTimeout {
+                        path: request.lock_path.to_path_buf(),
+                        seconds: request.timeout.as_secs_f64(),
+                        holder: Holder::describe(holder.as_ref()),
+                    })
+                }
+                Err(WaitError::Io(e)) => unsupported(request, e),
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn is_still_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(open), Ok(at_path)) => (open.dev(), open.ino()) == (at_path.dev(), at_path.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn is_still_at(_: &File, path: &Path) -> bool {
+    path.is_file()
 }
 
 /// Opens (creating if needed) the lock file: never through a symlink, never a special file,
@@ -231,19 +272,15 @@ fn owner_of(_: &Path) -> Option<u32> {
     None
 }
 
-fn unsupported(request: &LockRequest<'_>, e: io::Error) -> Result<PenvLock> {
+fn unsupported(request: &LockRequest<'_>, e: io::Error) -> Result<Option<File>> {
     if request.allow_unlocked {
         if !request.quiet {
-            eprintln!(
-                "penv-guard: warning: cannot lock {} ({e}); continuing unlocked (--allow-unlocked)",
+            crate::messages::say(format_args!(
+                "warning: cannot lock {} ({e}); continuing unlocked (--allow-unlocked)",
                 request.lock_path.display()
-            );
+            ));
         }
-        return Ok(PenvLock {
-            file: None,
-            holder_path: request.holder_path.to_path_buf(),
-            waited: Duration::ZERO,
-        });
+        return Ok(None);
     }
     Err(Error::LockUnsupported {
         path: PathBuf::from(request.lock_path),

@@ -105,15 +105,17 @@ impl Penv {
         self.beside(HOLDER_SUFFIX)
     }
 
+    /// Beside the penv's real path, so that every spelling of the penv's path (a symlinked
+    /// core dir, `penv/bin/..`) names the same lock.
     fn beside(&self, suffix: &str) -> PathBuf {
-        let mut name = self
-            .root
+        let real = fsutil::real_path(&self.root);
+        let mut name = real
             .file_name()
             .map_or_else(|| std::ffi::OsString::from("penv"), ToOwned::to_owned);
         name.push(suffix);
-        match self.root.parent() {
+        match real.parent() {
             Some(parent) => parent.join(name),
-            None => self.root.join(name),
+            None => real.join(name),
         }
     }
 
@@ -129,7 +131,8 @@ impl Penv {
         let mut marker = false;
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if name == "pyvenv.cfg" {
+            // Only a regular file proves a venv: a directory or a symlink named so does not.
+            if name == "pyvenv.cfg" && entry.file_type().is_ok_and(|t| t.is_file()) {
                 return Occupant::Venv;
             }
             marker |= name == CREATED_MARKER;
@@ -147,7 +150,12 @@ impl Penv {
     pub fn created_at(&self) -> Option<PathBuf> {
         let text = fsutil::read_foreign_text(&self.bin_dir().join("activate"))?;
         text.lines().find_map(|line| {
-            let value = line.trim().strip_prefix("VIRTUAL_ENV=")?;
+            // uv and Python < 3.12 write `VIRTUAL_ENV='…'`; Python 3.12+ `export VIRTUAL_ENV="…"`.
+            let line = line.trim();
+            let value = line
+                .strip_prefix("export ")
+                .unwrap_or(line)
+                .strip_prefix("VIRTUAL_ENV=")?;
             let value = value.trim_matches(|c| c == '\'' || c == '"');
             (value.starts_with('/')).then(|| PathBuf::from(value))
         })

@@ -24,6 +24,9 @@ const OUTPUT_CAP: u64 = 8 << 20;
 
 /// Process groups of the children running now, killed by the signal handler.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Set by the signal handler before it stops the children: the thread that waited for a child
+/// must not report the child's death as a failure, the handler ends the process.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// penv-guard's holder record, removed by the signal handler while the lock is still held.
 static HOLDER: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
 
@@ -106,6 +109,12 @@ pub fn run(
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(20));
     };
+    if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+        // The signal handler is ending the process with 128 + the signal; wait for it.
+        loop {
+            std::thread::park();
+        }
+    }
     // Whatever the child left running in its group is an orphan of this run.
     kill_group(child.id());
     CHILDREN
@@ -167,6 +176,7 @@ pub fn install_signal_handler() {
         };
         std::thread::spawn(move || {
             if let Some(signal) = signals.forever().next() {
+                STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
                 let groups = CHILDREN
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
@@ -113,12 +112,27 @@ impl DepSet {
             let (text, origin) = if path.as_os_str() == "-" {
                 let mut text = String::new();
                 std::io::stdin()
+                    .take(USER_FILE_CAP + 1)
                     .read_to_string(&mut text)
-                    .map_err(|e| Error::io("read", Path::new("<stdin>"), e))?;
+                    .map_err(|e| {
+                        Error::Usage(format!("cannot read --deps-json from stdin: {e}"))
+                    })?;
+                if text.len() as u64 > USER_FILE_CAP {
+                    return Err(Error::Usage(format!(
+                        "--deps-json from stdin is larger than {USER_FILE_CAP} bytes"
+                    )));
+                }
                 (text, "<stdin>".to_owned())
             } else {
-                let text = fs::read_to_string(path).map_err(|e| {
-                    Error::Usage(format!("cannot read --deps-json {}: {e}", path.display()))
+                let bytes = crate::fsutil::read_user_file(path, USER_FILE_CAP).map_err(|e| {
+                    Error::Usage(format!(
+                        "cannot read --deps-json {}: {}",
+                        path.display(),
+                        missing_as_not_found(&e)
+                    ))
+                })?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    Error::Usage(format!("--deps-json {} is not UTF-8", path.display()))
                 })?;
                 (text, path.display().to_string())
             };
@@ -224,11 +238,22 @@ fn canonical(requirement: &Requirement) -> String {
 
 const MAX_INCLUDE_DEPTH: usize = 16;
 
+/// The most penv-guard reads of a requirements or deps JSON file (or stdin).
+const USER_FILE_CAP: u64 = 16 << 20;
+
+fn missing_as_not_found(e: &crate::fsutil::ReadError) -> String {
+    match e {
+        crate::fsutil::ReadError::Missing => "no such file".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 fn parse_requirements_file(path: &Path, deps: &mut Vec<Dep>, depth: usize) -> Result<()> {
-    let bytes = fs::read(path).map_err(|e| {
+    let bytes = crate::fsutil::read_user_file(path, USER_FILE_CAP).map_err(|e| {
         Error::Usage(format!(
-            "cannot read requirements file {}: {e}",
-            path.display()
+            "cannot read requirements file {}: {}",
+            path.display(),
+            missing_as_not_found(&e)
         ))
     })?;
     let text = String::from_utf8(bytes).map_err(|_| Error::BadRequirement {

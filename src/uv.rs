@@ -142,11 +142,15 @@ pub fn create_venv(
     }
 }
 
+/// Removes the venv's contents, `pyvenv.cfg` last (with the marker already written, the
+/// directory is recognisable whenever this stops).
 fn clear(penv: &Penv) -> std::result::Result<(), String> {
     let Ok(entries) = std::fs::read_dir(&penv.root) else {
         return Ok(());
     };
-    for entry in entries.flatten() {
+    let mut entries: Vec<std::fs::DirEntry> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name() == "pyvenv.cfg");
+    for entry in entries {
         if is_own_file_name(&entry.file_name()) {
             continue;
         }
