@@ -260,6 +260,30 @@ mod tests {
     }
 
     #[test]
+    fn created_at_reads_uvs_and_pythons_activate_scripts() {
+        let dir = tempfile::tempdir().unwrap();
+        let penv = Penv {
+            root: dir.path().to_path_buf(),
+        };
+        std::fs::create_dir_all(penv.bin_dir()).unwrap();
+        for (line, expected) in [
+            ("VIRTUAL_ENV='/old/penv'", Some("/old/penv")),
+            (
+                "    export VIRTUAL_ENV=\"/py312/penv\"",
+                Some("/py312/penv"),
+            ),
+            ("VIRTUAL_ENV=$(cygpath -u \"$VIRTUAL_ENV\")", None),
+        ] {
+            std::fs::write(penv.bin_dir().join("activate"), format!("# x\n{line}\n")).unwrap();
+            assert_eq!(
+                penv.created_at().as_deref(),
+                expected.map(Path::new),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
     fn major_minor_of_versions() {
         assert_eq!(major_minor("3.11.7"), Some("3.11"));
         assert_eq!(major_minor("3.12"), Some("3.12"));
