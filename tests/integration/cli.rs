@@ -49,14 +49,18 @@ fn json_errors_go_to_stdout_as_json_and_messages_to_stderr() {
 #[test]
 fn missing_uv_is_a_clear_error() {
     let w = World::new();
-    let run = w
-        .ensure(&["alpha"])
-        .arg("--uv")
-        .arg(w.dir.path().join("no-such-uv"))
-        .run()
-        .code(1);
-    assert!(
-        run.stderr.contains("no-such-uv") || run.stderr.contains("uv"),
+    let uv = w.dir.path().join("no-such-uv");
+    let run = w.ensure(&["alpha"]).arg("--uv").arg(&uv).run().code(1);
+    // The penv does not exist yet, so the first uv call is `uv venv`: the message names the penv,
+    // the uv path that was given and the OS error, on the last line.
+    let expected = format!(
+        "penv-guard: error: cannot create the penv {}: cannot run {}: No such file or directory (os error 2)",
+        w.penv.display(),
+        uv.display()
+    );
+    assert_eq!(
+        run.stderr.lines().last(),
+        Some(expected.as_str()),
         "{}",
         run.stderr
     );

@@ -1,7 +1,46 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{real_uv, succeed};
+use crate::support::{BIN, real_uv, succeed};
+
+/// Where .cargo/config.toml links statically (`+crt-static` on x86_64 glibc Linux).
+const STATIC: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_env = "gnu"
+));
+
+/// Whether an ELF executable asks for a program interpreter (a PT_INTERP program header): a
+/// dynamically linked one does, a static or static-pie one does not. ELF64 little-endian only.
+fn has_program_interpreter(path: &Path) -> bool {
+    const PT_INTERP: u32 = 3;
+    let elf = std::fs::read(path).unwrap();
+    assert_eq!(
+        &elf[..6],
+        b"\x7fELF\x02\x01",
+        "{}: not ELF64 LE",
+        path.display()
+    );
+    let u16_at = |at: usize| usize::from(u16::from_le_bytes([elf[at], elf[at + 1]]));
+    let phoff = usize::try_from(u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap())).unwrap();
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).any(|i| {
+        let at = phoff + i * phentsize;
+        u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == PT_INTERP
+    })
+}
+
+/// What `cargo build` and `cargo install --path .` produce here: the same config builds the
+/// binary under test.
+#[test]
+fn cargo_builds_a_static_binary_on_x86_64_linux_gnu() {
+    if STATIC {
+        assert!(
+            !has_program_interpreter(Path::new(BIN)),
+            "{BIN} is dynamically linked (PT_INTERP); .cargo/config.toml should add +crt-static"
+        );
+    }
+}
 
 /// `pip install penv-guard` must put the binary into the environment's scripts dir, as uv's and
 /// ruff's wheels do (maturin `bindings = "bin"`).
@@ -36,10 +75,14 @@ fn wheel_built_by_maturin_installs_the_binary_into_a_fresh_venv() {
             .arg(venv.join("bin/python"))
             .arg(&wheel),
     );
-    let out = Command::new(venv.join("bin/penv-guard"))
-        .arg("--version")
-        .output()
-        .unwrap();
+    let installed = venv.join("bin/penv-guard");
+    if STATIC {
+        assert!(
+            !has_program_interpreter(&installed),
+            "the wheel's binary is dynamically linked (PT_INTERP)"
+        );
+    }
+    let out = Command::new(&installed).arg("--version").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "penv-guard 0.1.0"

@@ -148,6 +148,57 @@ pub fn standard_wheels() -> Vec<Wheel> {
     ]
 }
 
+/// The standard wheels, built once rather than once per `World` (7 Python starts each) into
+/// `CARGO_TARGET_TMPDIR/standard-wheels-<key>`, which later test runs reuse. The key hashes
+/// `make_wheel.py` and every wheel's arguments, so a changed fixture gets a fresh directory. It
+/// is built under a temporary name and renamed into place: test threads wait on the `OnceLock`,
+/// and concurrent test processes see either no directory or a complete one.
+fn standard_wheel_files() -> &'static [PathBuf] {
+    use sha2::Digest as _;
+    static FILES: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    FILES.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let wheels = standard_wheels();
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(std::fs::read(manifest.join("tests/fixtures/make_wheel.py")).unwrap());
+        for wheel in &wheels {
+            hasher.update(format!(
+                "{:?}\0",
+                (&wheel.name, &wheel.version, &wheel.args)
+            ));
+        }
+        let key = u64::from_be_bytes(hasher.finalize()[..8].try_into().unwrap());
+        let parent = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let dir = parent.join(format!("standard-wheels-{key:016x}"));
+        if !dir.is_dir() {
+            let building = tempfile::Builder::new()
+                .prefix(".standard-wheels-")
+                .tempdir_in(parent)
+                .unwrap();
+            for wheel in &wheels {
+                wheel.build(building.path());
+            }
+            // If another process won the race, its directory is just as complete: drop ours.
+            if std::fs::rename(building.path(), &dir).is_ok() {
+                let _ = building.keep();
+            }
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "whl"))
+            .collect();
+        files.sort();
+        assert_eq!(
+            files.len(),
+            wheels.len(),
+            "standard wheels in {}",
+            dir.display()
+        );
+        files
+    })
+}
+
 pub struct World {
     pub dir: tempfile::TempDir,
     pub penv: PathBuf,
@@ -165,8 +216,9 @@ impl World {
             .unwrap();
         let wheels = dir.path().join("wheels");
         std::fs::create_dir_all(&wheels).unwrap();
-        for wheel in standard_wheels() {
-            wheel.build(&wheels);
+        // Copies, not links: tests add wheels here, and a rebuilt name would write through a link.
+        for built in standard_wheel_files() {
+            std::fs::copy(built, wheels.join(built.file_name().unwrap())).unwrap();
         }
         let world = World {
             penv: dir.path().join("core/penv"),
