@@ -31,7 +31,8 @@ pub const SCHEMA: u32 = 2;
 /// The window used where the filesystem's timestamp granularity cannot be measured (FAT).
 pub const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
 
-/// The build-size cache's racy window (see `size`): FAT's granularity, the coarsest there is.
+/// The build-size cache's racy window (see `size`): FAT's granularity, the coarsest there is. A
+/// racy size only costs one more walk, so it is not measured as the penv's window is.
 pub const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,9 +95,15 @@ pub fn differences(recorded: &Stamps, now: &Stamps) -> Vec<String> {
 pub fn racy_parts(stamps: &Stamps, at_ns: i64, window_ns: i64) -> Vec<String> {
     stamps
         .iter()
-        .filter(|(_, stamp)| stamp.is_some_and(|s| s.newest_ns() > at_ns.saturating_sub(window_ns)))
+        .filter(|(_, stamp)| stamp.is_some_and(|s| is_racy(s.newest_ns(), at_ns, window_ns)))
         .map(|(name, _)| name.clone())
         .collect()
+}
+
+/// Whether a timestamp `changed_ns` lies within `window_ns` before `at_ns` (or after it): the
+/// one racy rule, for the penv's stamps and the build-size keys alike.
+pub fn is_racy(changed_ns: i64, at_ns: i64, window_ns: i64) -> bool {
+    changed_ns > at_ns.saturating_sub(window_ns)
 }
 
 /// The racy window for these stamps: twice the coarser of the kernel's timestamp tick and the

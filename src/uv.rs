@@ -116,6 +116,7 @@ pub fn create_venv(
             penv.created_marker().display()
         ))
     })?;
+    let program = uv.unwrap_or(python).to_path_buf();
     let (mut command, what) = if let Some(uv) = uv {
         let mut command = Command::new(uv);
         command
@@ -130,7 +131,7 @@ pub fn create_venv(
     };
     command.env_remove("VIRTUAL_ENV");
     let out = process::run(command, timeout, Stderr::Captured, hold)
-        .map_err(|e| fail(format!("cannot run `{what}`: {e}")))?;
+        .map_err(|e| fail(format!("cannot run {}: {e}", program.display())))?;
     if out.success() {
         Ok(())
     } else {

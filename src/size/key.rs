@@ -111,7 +111,7 @@ impl EnvKey {
     /// Whether a stamp changed within [`RACY_WINDOW`] before `at_ns` (or after it).
     pub fn is_racy(&self, at_ns: i64) -> bool {
         let window = i64::try_from(RACY_WINDOW.as_nanos()).unwrap_or(i64::MAX);
-        self.newest_mtime_ns() > at_ns.saturating_sub(window)
+        crate::state::is_racy(self.newest_mtime_ns(), at_ns, window)
     }
 }
 

@@ -142,6 +142,23 @@ fn platform_install_is_idempotent_keeps_the_mode_and_remove_restores_byte_for_by
     assert_eq!(state_of(&core, &plat), "hooked");
     let text = platform_cmd(&core, &["status"]).ok();
     assert!(text.stdout.contains("55.03.311"), "{}", text.stdout);
+    // `penv-guard status` names the hook too.
+    let status = crate::support::Run::from(
+        std::process::Command::new(crate::support::BIN)
+            .args(["status", "--dep", "alpha", "--penv"])
+            .arg(t.path().join("no-penv"))
+            .env("PLATFORMIO_CORE_DIR", &core)
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    assert!(
+        status
+            .stdout
+            .contains("platform      platform espressif32 55.03.311: hooked"),
+        "{}",
+        status.stdout
+    );
 
     let second = platform_cmd(&core, &["install"]).ok();
     assert!(
