@@ -14,15 +14,14 @@
 //! - Who holds it (pid, command, since when) is kept in a separate file, `<penv>.penv-guard.holder`,
 //!   written after the lock is taken and removed before it is released; it is only ever
 //!   informational, and a record naming a process that no longer exists is ignored.
-//! - The deadline is enforced outside the locking syscall (a helper thread polls, the caller waits
-//!   on a channel), because flock on network filesystems can hang even when non-blocking.
+//! - The deadline is enforced outside the locking syscall (a helper thread blocks in flock, the
+//!   caller waits on a channel), because flock on network filesystems can hang even when
+//!   non-blocking, and because a blocked flock is woken at once when the holder releases.
 //! - A filesystem that cannot lock is an error unless the caller opts out (`--allow-unlocked`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -293,42 +292,23 @@ enum WaitError {
     Io(io::Error),
 }
 
+/// Waits for the lock with a blocking `flock` on a helper thread (the kernel wakes it the moment
+/// the holder releases: no polling delay when many waiters queue up), while this thread waits at
+/// most `timeout` for it. A waiter that gives up leaves the helper blocked until the process
+/// exits; if it gets the lock after all, the file (and the lock) drops with the unsent message.
 fn wait_for(file: File, timeout: Duration) -> Result<File, WaitError> {
     if timeout.is_zero() {
         return Err(WaitError::Timeout);
     }
     let (sender, receiver) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_poller = Arc::clone(&stop);
     std::thread::spawn(move || {
-        let mut delay = Duration::from_millis(5);
-        loop {
-            if stop_poller.load(Ordering::Relaxed) {
-                return;
-            }
-            match file.try_lock() {
-                Ok(()) => {
-                    // If the waiter already gave up, the file (and lock) drops with the message.
-                    let _ = sender.send(Ok(file));
-                    return;
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {}
-                Err(std::fs::TryLockError::Error(e)) => {
-                    let _ = sender.send(Err(e));
-                    return;
-                }
-            }
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(100));
-        }
+        let _ = sender.send(file.lock().map(|()| file));
     });
-    let result = match receiver.recv_timeout(timeout) {
+    match receiver.recv_timeout(timeout) {
         Ok(Ok(file)) => Ok(file),
         Ok(Err(e)) => Err(WaitError::Io(e)),
         Err(_) => Err(WaitError::Timeout),
-    };
-    stop.store(true, Ordering::Relaxed);
-    result
+    }
 }
 
 #[cfg(test)]
