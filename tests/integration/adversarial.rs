@@ -472,15 +472,7 @@ fn a_directory_at_the_state_path_is_a_miss_and_is_kept() {
 #[test]
 fn a_fifo_at_the_holder_path_does_not_block_a_lock_wait() {
     let w = World::new();
-    fs::create_dir_all(w.penv.parent().unwrap()).unwrap();
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(w.lock_path())
-        .unwrap();
-    lock.try_lock().unwrap();
+    let _lock = w.hold_lock(None);
     mkfifo(&w.holder_path());
     let start = Instant::now();
     within(
@@ -687,17 +679,9 @@ fn a_holder_record_is_cleared_on_release_and_a_dead_pid_is_never_named() {
     let mut gone = Command::new("true").spawn().unwrap();
     let dead_pid = gone.id();
     gone.wait().unwrap();
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(w.lock_path())
-        .unwrap();
-    lock.try_lock().unwrap();
-    fs::write(
-        w.holder_path(),
-        format!(r#"{{"pid": {dead_pid}, "command": "old run", "since_unix": 0}}"#),
-    )
-    .unwrap();
+    let _lock = w.hold_lock(Some(&format!(
+        r#"{{"pid": {dead_pid}, "command": "old run", "since_unix": 0}}"#
+    )));
     let run = w
         .ensure(&["alpha", "single"])
         .arg("--lock-timeout")
@@ -775,12 +759,7 @@ fn a_penv_reached_through_a_symlink_takes_the_same_lock() {
     let link = w.dir.path().join("elsewhere/penv-link");
     fs::create_dir_all(link.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&w.penv, &link).unwrap();
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(w.lock_path())
-        .unwrap();
-    lock.try_lock().unwrap();
+    let _lock = w.hold_lock(None);
     let run = w
         .ensure(&["alpha", "single"])
         .arg("--penv")

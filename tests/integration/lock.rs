@@ -1,27 +1,12 @@
-use std::fs::OpenOptions;
 use std::time::{Duration, Instant};
 
 use crate::support::World;
 
 fn hold_lock(w: &World) -> std::fs::File {
-    std::fs::create_dir_all(&w.penv).unwrap();
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(w.lock_path())
-        .unwrap();
-    file.try_lock().unwrap();
-    std::fs::write(
-        w.holder_path(),
-        format!(
-            r#"{{"pid": {}, "command": "pio run -e esp32dev", "since_unix": 0}}"#,
-            std::process::id()
-        ),
-    )
-    .unwrap();
-    file
+    w.hold_lock(Some(&format!(
+        r#"{{"pid": {}, "command": "pio run -e esp32dev", "since_unix": 0}}"#,
+        std::process::id()
+    )))
 }
 
 #[test]

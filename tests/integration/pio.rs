@@ -299,15 +299,7 @@ fn pio_fails_with_penv_guards_message_when_the_install_fails() {
 fn pio_lock_timeout_fails_the_build_naming_the_lock() {
     let mut p = Pio::hooked();
     p.network = "up";
-    fs::create_dir_all(&p.w.penv).unwrap();
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(p.w.lock_path())
-        .unwrap();
-    lock.try_lock().unwrap();
+    let lock = p.w.hold_lock(None);
     let output = p
         .command(&["run"])
         .env("PENV_GUARD_LOCK_TIMEOUT", "1")

@@ -187,20 +187,10 @@ fn status_dependency_table_uses_pep_440() {
 fn status_reports_a_held_lock_with_its_holder_and_does_not_wait() {
     let w = World::new();
     w.ensure(&["alpha"]).run().ok();
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(w.lock_path())
-        .unwrap();
-    file.try_lock().unwrap();
-    fs::write(
-        w.holder_path(),
-        format!(
-            r#"{{"pid": {}, "command": "esphome compile kitchen.yaml", "since_unix": 1}}"#,
-            std::process::id()
-        ),
-    )
-    .unwrap();
+    let file = w.hold_lock(Some(&format!(
+        r#"{{"pid": {}, "command": "esphome compile kitchen.yaml", "since_unix": 1}}"#,
+        std::process::id()
+    )));
     let report = status(&w, &["alpha"]);
     assert_eq!(report["lock"]["state"], "held");
     assert_eq!(report["lock"]["holder"]["pid"], std::process::id());

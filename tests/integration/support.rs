@@ -326,6 +326,24 @@ impl World {
     pub fn holder_path(&self) -> PathBuf {
         self.penv.with_file_name("penv.penv-guard.holder")
     }
+
+    /// Takes the penv lock as another penv-guard would (creating it if needed); held until the
+    /// returned file is dropped. `holder` is written as the holder record when given.
+    pub fn hold_lock(&self, holder: Option<&str>) -> std::fs::File {
+        std::fs::create_dir_all(self.penv.parent().unwrap()).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.lock_path())
+            .unwrap();
+        file.try_lock().unwrap();
+        if let Some(holder) = holder {
+            std::fs::write(self.holder_path(), holder).unwrap();
+        }
+        file
+    }
 }
 
 pub fn set_executable(path: &Path) {
