@@ -18,6 +18,7 @@ use crate::history;
 use crate::lock::{self, LockRequest, PenvLock};
 use crate::messages;
 use crate::penv::{self, Occupant};
+use crate::phases::Phases;
 use crate::process::{self, Stderr};
 use crate::state::{self, HostPython, Stamp, State, path_serde, path_text};
 use crate::uv::{self, InstallRequest};
@@ -296,7 +297,7 @@ impl Run<'_> {
 
         // What uv called satisfied must also be whole: every RECORD file present with its size,
         // every requirement's version allowed. Damaged distributions are reinstalled once.
-        let marker_env = validate::marker_environment(&ctx.penv.python(), timeout)?;
+        let marker_env = crate::markers::capture(&ctx.penv.python(), timeout)?;
         let site_packages = self.site_packages()?;
         let mut dists = distinfo::installed_distributions(&site_packages);
         let damaged = validate::damaged(ctx, &dists, &marker_env);
@@ -458,8 +459,8 @@ impl Run<'_> {
             uv_version,
             installed: checked.installed,
             modules: checked.modules,
-            install_timings_ms: install_timings.unwrap_or_else(|| phases.ms.clone()),
-            timings_ms: phases.ms.clone(),
+            install_timings_ms: install_timings.unwrap_or_else(|| phases.ended()),
+            timings_ms: phases.ended(),
             facts: checked.facts,
         };
         state::store(&ctx.penv.state_path(), &state)?;
@@ -550,57 +551,4 @@ fn is_executable(path: &Path) -> bool {
     {
         path.is_file()
     }
-}
-
-/// Phase timings for the JSON report and the state, and one `tracing` span per phase: with
-/// `PENV_GUARD_LOG=info` (or `-v`) each phase's close line shows its duration.
-pub struct Phases {
-    start: Instant,
-    last: Instant,
-    ms: BTreeMap<String, f64>,
-    span: Option<tracing::span::EnteredSpan>,
-}
-
-impl Phases {
-    fn new(start: Instant) -> Phases {
-        Phases {
-            start,
-            last: start,
-            ms: BTreeMap::new(),
-            span: Some(Phases::open()),
-        }
-    }
-
-    fn open() -> tracing::span::EnteredSpan {
-        tracing::info_span!("phase", name = tracing::field::Empty).entered()
-    }
-
-    /// Ends the phase that ran since the last `end`, naming it.
-    fn end(&mut self, phase: &str) {
-        let now = Instant::now();
-        *self.ms.entry(phase.to_owned()).or_default() += ms(now - self.last);
-        self.last = now;
-        if let Some(span) = self.span.take() {
-            span.record("name", phase);
-        }
-        self.span = Some(Phases::open());
-    }
-
-    fn so_far(&self) -> BTreeMap<String, f64> {
-        let mut ms = self.ms.clone();
-        ms.insert("total".into(), self::ms(self.start.elapsed()));
-        ms
-    }
-
-    fn total(mut self) -> BTreeMap<String, f64> {
-        if let Some(span) = self.span.take() {
-            span.record("name", "report");
-        }
-        self.ms.insert("total".into(), ms(self.start.elapsed()));
-        self.ms
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
 }

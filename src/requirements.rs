@@ -10,7 +10,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use pep508_rs::pep440_rs::Version;
-use pep508_rs::{MarkerEnvironment, MarkerEnvironmentBuilder, Requirement, VersionOrUrl};
+use pep508_rs::{MarkerEnvironment, Requirement, VersionOrUrl};
 
 use crate::cli::DepArgs;
 use crate::error::{Error, Result};
@@ -405,45 +405,6 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-/// The PEP 508 marker environment of an interpreter, as its own `platform` and `sys` modules
-/// report it (captured in the penv by `validate::marker_environment` and kept in the state).
-/// Markers are never evaluated with guessed values: `platform_release`, `platform_machine`
-/// (`arm64` on macOS, where Rust says `aarch64`) and the rest come from the interpreter.
-pub type MarkerValues = BTreeMap<String, String>;
-
-/// The keys `validate::marker_environment` captures.
-pub const MARKER_KEYS: [&str; 11] = [
-    "implementation_name",
-    "implementation_version",
-    "os_name",
-    "platform_machine",
-    "platform_python_implementation",
-    "platform_release",
-    "platform_system",
-    "platform_version",
-    "python_full_version",
-    "python_version",
-    "sys_platform",
-];
-
-pub fn marker_environment(values: &MarkerValues) -> Option<MarkerEnvironment> {
-    let get = |key: &str| values.get(key).map_or("", String::as_str);
-    MarkerEnvironment::try_from(MarkerEnvironmentBuilder {
-        implementation_name: get("implementation_name"),
-        implementation_version: get("implementation_version"),
-        os_name: get("os_name"),
-        platform_machine: get("platform_machine"),
-        platform_python_implementation: get("platform_python_implementation"),
-        platform_release: get("platform_release"),
-        platform_system: get("platform_system"),
-        platform_version: get("platform_version"),
-        python_full_version: get("python_full_version"),
-        python_version: get("python_version"),
-        sys_platform: get("sys_platform"),
-    })
-    .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,45 +499,6 @@ mod tests {
                 (4, "bar @ https://x/y.whl#sha256=ab".to_owned()),
                 (5, "baz  >=2".to_owned()),
             ]
-        );
-    }
-
-    fn env(machine: &str, release: &str, python: &str) -> MarkerEnvironment {
-        let short: Vec<&str> = python.split('.').take(2).collect();
-        let short = short.join(".");
-        let values: MarkerValues = [
-            ("implementation_name", "cpython"),
-            ("implementation_version", python),
-            ("os_name", "posix"),
-            ("platform_machine", machine),
-            ("platform_python_implementation", "CPython"),
-            ("platform_release", release),
-            ("platform_system", "Darwin"),
-            ("platform_version", "Darwin Kernel Version 24.1.0"),
-            ("python_full_version", python),
-            ("python_version", &short),
-            ("sys_platform", "darwin"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        marker_environment(&values).unwrap()
-    }
-
-    #[test]
-    fn markers_are_evaluated_against_the_interpreters_own_values() {
-        let arm = parse_requirement("foo; platform_machine == 'arm64'", "t").unwrap();
-        let release = parse_requirement("bar; platform_release >= '1'", "t").unwrap();
-        let old = parse_requirement("baz; python_version < '3.8'", "t").unwrap();
-        let mac = env("arm64", "24.1.0", "3.11.7");
-        assert!(arm.applies_to(Some(&mac)));
-        assert!(release.applies_to(Some(&mac)));
-        assert!(!old.applies_to(Some(&mac)));
-        assert!(old.applies_to(Some(&env("x86_64", "6.1", "3.7.1"))));
-        assert!(!arm.applies_to(Some(&env("x86_64", "6.1", "3.11.7"))));
-        assert!(
-            arm.applies_to(None),
-            "no environment: nothing is skipped on a guess"
         );
     }
 

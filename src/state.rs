@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Follow, ReadError};
-use crate::requirements::MarkerValues;
+use crate::markers::MarkerValues;
 
 pub const SCHEMA: u32 = 2;
 

@@ -38,7 +38,6 @@ use crate::lock::{self, Holder};
 use crate::messages::{human_age, human_bytes};
 use crate::penv;
 use crate::state::{self, Loaded};
-use crate::validate;
 use crate::verdict::{self, Context, MissReason, Verdict};
 
 #[derive(Serialize)]
@@ -156,7 +155,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         ctx.penv
             .python()
             .is_file()
-            .then(|| validate::marker_environment(&ctx.penv.python(), Duration::from_secs(10)).ok())
+            .then(|| crate::markers::capture(&ctx.penv.python(), Duration::from_secs(10)).ok())
             .flatten()
     });
     let dependencies = dependency_table(&ctx, marker_env.as_ref(), site_packages.as_deref());
@@ -354,13 +353,13 @@ fn state_report(
 
 fn dependency_table(
     ctx: &Context,
-    marker_env: Option<&crate::requirements::MarkerValues>,
+    marker_env: Option<&crate::markers::MarkerValues>,
     site_packages: Option<&std::path::Path>,
 ) -> Vec<DepReport> {
     let dists = site_packages
         .map(distinfo::installed_distributions)
         .unwrap_or_default();
-    let env = marker_env.and_then(crate::requirements::marker_environment);
+    let env = marker_env.and_then(crate::markers::environment);
     ctx.deps
         .iter()
         .map(|dep| {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use crate::distinfo::{self, Installed};
 use crate::error::{Error, Result};
+use crate::markers::{self, MarkerValues};
 use crate::process::{self, Stderr};
-use crate::requirements::{MARKER_KEYS, MarkerValues};
 use crate::state::path_text;
 use crate::verdict::Context;
 
@@ -30,59 +30,6 @@ for dist, module in json.loads(sys.argv[1]):
 sys.stdout.flush()
 print("\nPENV-GUARD-VALIDATION:" + json.dumps(failures))
 "#;
-
-// PEP 508's definitions, as `packaging.markers.default_environment()` computes them.
-const MARKERS: &str = r#"
-import json, os, platform, sys
-def version(info):
-    v = "%d.%d.%d" % info[:3]
-    if info.releaselevel != "final":
-        v += info.releaselevel[0] + str(info.serial)
-    return v
-print(json.dumps({
-    "implementation_name": sys.implementation.name,
-    "implementation_version": version(sys.implementation.version),
-    "os_name": os.name,
-    "platform_machine": platform.machine(),
-    "platform_python_implementation": platform.python_implementation(),
-    "platform_release": platform.release(),
-    "platform_system": platform.system(),
-    "platform_version": platform.version(),
-    "python_full_version": platform.python_version(),
-    "python_version": ".".join(platform.python_version_tuple()[:2]),
-    "sys_platform": sys.platform,
-}))
-"#;
-
-/// The penv interpreter's own marker environment.
-pub fn marker_environment(python: &Path, timeout: Duration) -> Result<MarkerValues> {
-    let fail = |error: String| Error::Validation {
-        dist: "(marker environment)".into(),
-        module: "platform".into(),
-        error,
-    };
-    let mut command = Command::new(python);
-    command.args(["-I", "-c", MARKERS]);
-    let out = process::run(command, timeout, Stderr::Captured, None)
-        .map_err(|e| fail(format!("cannot run {}: {e}", python.display())))?;
-    let values: MarkerValues = out
-        .stdout
-        .lines()
-        .rev()
-        .find_map(|line| serde_json::from_str(line).ok())
-        .filter(|_| out.success())
-        .ok_or_else(|| {
-            fail(format!(
-                "the interpreter {}: {}",
-                out.describe_status(timeout),
-                process::tail(&out.output_tail, 3).replace('\n', " | ")
-            ))
-        })?;
-    match MARKER_KEYS.iter().find(|key| !values.contains_key(**key)) {
-        Some(key) => Err(fail(format!("no `{key}` in its marker environment"))),
-        None => Ok(values),
-    }
-}
 
 /// `(distribution, module)` pairs to import.
 pub fn validate_imports(
@@ -159,7 +106,7 @@ pub fn check_installed(
         .read_cfg()
         .and_then(|cfg| cfg.version)
         .unwrap_or_default();
-    let env = crate::requirements::marker_environment(&marker_env);
+    let env = markers::environment(&marker_env);
     let mut installed = BTreeMap::new();
     let mut modules = BTreeMap::new();
     for dep in ctx.deps.iter().filter(|d| d.applies_to(env.as_ref())) {
@@ -235,7 +182,7 @@ pub fn damaged(
     dists: &BTreeMap<String, Installed>,
     marker_env: &MarkerValues,
 ) -> Vec<String> {
-    let env = crate::requirements::marker_environment(marker_env);
+    let env = markers::environment(marker_env);
     let unmet = ctx
         .deps
         .iter()
