@@ -34,13 +34,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use crate::support::{BIN, Run, Server, Wheel, host_python, real_uv, set_executable, tool_wheels};
+use crate::support::{
+    BIN, Run, Server, Wheel, host_python, real_uv, repo, set_executable, tool_wheels,
+};
 
 const HEADING: &str = "## CI example (GitHub Actions)";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// One step of the workflow block, as written.
 #[derive(Debug, Default)]

@@ -11,17 +11,12 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::platform::{git_applied, repo, upstream_head};
-use crate::support::{BIN, Run, Wheel, World, editable_project};
+use crate::platform::{git_applied, upstream_head};
+use crate::support::{BIN, Run, Wheel, World, editable_project, repo, tools_path};
 
+/// The tools venv's Python, which has PlatformIO (upstream's penv_setup.py imports it).
 pub fn tools_python() -> PathBuf {
-    let python = repo().join(".tools/venv/bin/python");
-    assert!(
-        python.is_file(),
-        "no PlatformIO Python at {}: run scripts/setup --pio",
-        python.display()
-    );
-    python
+    tools_path("venv/bin/python")
 }
 
 #[derive(Clone, Copy, PartialEq)]

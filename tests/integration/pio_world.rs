@@ -7,30 +7,18 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{BIN, Run, Wheel, World};
-
-pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::{BIN, Run, Wheel, World, repo, tools_path};
 
 pub fn pio_bin() -> PathBuf {
-    let pio = repo().join(".tools/venv/bin/pio");
-    assert!(
-        pio.is_file(),
-        "no PlatformIO at {}: run scripts/setup --pio",
-        pio.display()
-    );
-    pio
+    tools_path("venv/bin/pio")
 }
 
+/// The offline tool-scons package (its `.piopm` makes PlatformIO take it as installed).
 pub fn tool_scons() -> PathBuf {
-    let dir = repo().join(".tools/pio-core/packages/tool-scons");
-    assert!(
-        dir.join(".piopm").is_file(),
-        "no offline tool-scons at {}: run scripts/setup --pio",
-        dir.display()
-    );
-    dir
+    tools_path("pio-core/packages/tool-scons/.piopm")
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Copies a directory tree, following symlinks (the fixtures link to platform-integration/).

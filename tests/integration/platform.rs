@@ -9,11 +9,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{BIN, Run, succeed};
-
-pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::{BIN, Run, repo, succeed};
 
 /// Upstream's builder/penv_setup.py at dd01e49e.
 pub fn upstream_head() -> PathBuf {

@@ -11,6 +11,23 @@ use std::sync::OnceLock;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_penv-guard");
 
+/// The repository's root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file or directory that `scripts/setup --pio` puts under `.tools/` (`venv/bin/pio`), or a
+/// failure that says to run it.
+pub fn tools_path(relative: &str) -> PathBuf {
+    let path = repo().join(".tools").join(relative);
+    assert!(
+        path.exists(),
+        "no {}: run scripts/setup --pio",
+        path.display()
+    );
+    path
+}
+
 /// The real uv: `$PENV_GUARD_TEST_UV`, `.tools/venv/bin/uv` (scripts/setup), or PATH.
 pub fn real_uv() -> PathBuf {
     static UV: OnceLock<PathBuf> = OnceLock::new();
