@@ -128,6 +128,31 @@ pub fn kind_name(kind: fs::FileType) -> &'static str {
     }
 }
 
+/// Opens (creating it if needed) one of penv-guard's lock files for reading and writing: never
+/// through a symlink (`NotRegular("a symlink")`), never blocking, only a regular file, new files
+/// following the umask. The file is never written; it only carries an flock.
+pub fn open_lock_file(path: &Path) -> Result<File, ReadError> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o666).custom_flags(open_flags(Follow::Never));
+    }
+    let file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if is_symlink_refusal(&e, Follow::Never) => {
+            return Err(ReadError::NotRegular("a symlink"));
+        }
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    let kind = file.metadata().map_err(ReadError::Io)?.file_type();
+    if !kind.is_file() {
+        return Err(ReadError::NotRegular(kind_name(kind)));
+    }
+    Ok(file)
+}
+
 /// The whole content of a regular file, at most `cap` bytes.
 pub fn read_capped(path: &Path, cap: u64, follow: Follow) -> Result<Vec<u8>, ReadError> {
     let (file, len) = open_regular_sized(path, follow)?;

@@ -19,7 +19,7 @@
 //!   non-blocking, and because a blocked flock is woken at once when the holder releases.
 //! - A filesystem that cannot lock is an error unless the caller opts out (`--allow-unlocked`).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{self, Follow};
+use crate::fsutil::{self, Follow, ReadError};
 
 #[derive(Debug)]
 pub struct PenvLock {
@@ -222,39 +222,25 @@ fn is_still_at(_: &File, path: &Path) -> bool {
 /// Opens (creating if needed) the lock file: never through a symlink, never a special file,
 /// never blocking on open. New files follow the umask.
 fn open(path: &Path) -> Result<File> {
-    let mut options = OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-        options
-            .mode(0o666)
-            .custom_flags(i32::try_from(flags.bits()).unwrap_or(0));
-    }
-    let file = options.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => Error::LockPermission {
-            path: path.to_path_buf(),
-            owner: owner_of(path),
-        },
-        _ if fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) => Error::Usage(format!(
-            "the lock file {} is a symlink; penv-guard does not follow it (remove it)",
+    fsutil::open_lock_file(path).map_err(|e| match e {
+        ReadError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Error::LockPermission {
+                path: path.to_path_buf(),
+                owner: owner_of(path),
+            }
+        }
+        ReadError::NotRegular(kind) => Error::Usage(format!(
+            "the lock file {} is {kind}, not a regular file; penv-guard does not follow or \
+             replace it (remove it)",
             path.display()
         )),
-        _ => Error::io("open the lock file", path, e),
-    })?;
-    let kind = file
-        .metadata()
-        .map_err(|e| Error::io("inspect the lock file", path, e))?
-        .file_type();
-    if !kind.is_file() {
-        return Err(Error::Usage(format!(
-            "the lock file {} is {}, not a regular file (remove it)",
-            path.display(),
-            fsutil::kind_name(kind)
-        )));
-    }
-    Ok(file)
+        ReadError::Io(e) => Error::io("open the lock file", path, e),
+        other => Error::io(
+            "open the lock file",
+            path,
+            std::io::Error::other(other.to_string()),
+        ),
+    })
 }
 
 #[cfg(unix)]

@@ -257,7 +257,8 @@ pub fn store(
     }
     fs::create_dir_all(cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
     let lock_path = cache_dir.join(LOCK_FILE);
-    let lock = open_lock(&lock_path).map_err(|why| format!("{}: {why}", lock_path.display()))?;
+    let lock = fsutil::open_lock_file(&lock_path)
+        .map_err(|why| format!("{}: {why}", lock_path.display()))?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => return Ok(false),
@@ -275,35 +276,6 @@ pub fn store(
     fsutil::write_atomic(cache_path, &to_bytes(&entries), false)
         .map_err(|e| format!("{}: {e}", cache_path.display()))?;
     Ok(true)
-}
-
-/// Opens (creating it if needed) the lock file: never through a symlink, never blocking, and
-/// only a regular file.
-fn open_lock(path: &Path) -> Result<fs::File, String> {
-    let mut options = fs::OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use rustix::fs::OFlags;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        options.custom_flags(i32::try_from(flags.bits()).unwrap_or(0));
-    }
-    let file = options.open(path).map_err(|e| {
-        #[cfg(unix)]
-        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-            return "not a regular file but a symlink".to_owned();
-        }
-        e.to_string()
-    })?;
-    let kind = file.metadata().map_err(|e| e.to_string())?.file_type();
-    if !kind.is_file() {
-        return Err(format!(
-            "not a regular file but {}",
-            fsutil::kind_name(kind)
-        ));
-    }
-    Ok(file)
 }
 
 #[cfg(test)]
