@@ -263,19 +263,14 @@ impl Run<'_> {
             ctx.penv.root.display()
         ));
         let requirements = self.requirements_file()?;
+        let site_packages = self.site_packages()?;
         // Damage uv cannot see (a RECORD file or METADATA missing) is reinstalled right away.
-        let already_damaged: Vec<String> = match self.site_packages() {
-            Ok(site_packages) => {
-                let dists = distinfo::installed_distributions(&site_packages);
-                let mut names: Vec<String> = distinfo::record_problems(&dists)
-                    .into_iter()
-                    .map(|p| p.normalized)
-                    .collect();
-                names.dedup();
-                names
-            }
-            Err(_) => Vec::new(),
-        };
+        let mut already_damaged: Vec<String> =
+            distinfo::record_problems(&distinfo::installed_distributions(&site_packages))
+                .into_iter()
+                .map(|p| p.normalized)
+                .collect();
+        already_damaged.dedup();
         let mut request = InstallRequest {
             uv: &uv,
             python: &ctx.penv.python(),
@@ -298,7 +293,6 @@ impl Run<'_> {
         // What uv called satisfied must also be whole: every RECORD file present with its size,
         // every requirement's version allowed. Damaged distributions are reinstalled once.
         let marker_env = crate::markers::capture(&ctx.penv.python(), timeout)?;
-        let site_packages = self.site_packages()?;
         let mut dists = distinfo::installed_distributions(&site_packages);
         let damaged = validate::damaged(ctx, &dists, &marker_env);
         if !damaged.is_empty() {

@@ -351,18 +351,20 @@ fn delete_own(path: &Path) -> Result<()> {
     }
 }
 
-fn nothing_found(core_dir: &Path) {
-    messages::say(format_args!(
-        "no pioarduino espressif32 platform under {}",
-        core_dir.join("platforms").display()
-    ));
+/// The platforms `install` and `remove` act on; says so when there are none.
+fn platforms_or_say_none(core_dir: &Path) -> Result<Vec<Platform>> {
+    let found = platforms(core_dir)?;
+    if found.is_empty() {
+        messages::say(format_args!(
+            "no pioarduino espressif32 platform under {}",
+            core_dir.join("platforms").display()
+        ));
+    }
+    Ok(found)
 }
 
 pub fn install(core_dir: &Path) -> Result<()> {
-    let found = platforms(core_dir)?;
-    if found.is_empty() {
-        nothing_found(core_dir);
-    }
+    let found = platforms_or_say_none(core_dir)?;
     let mut refused = Vec::new();
     for p in &found {
         let (hook, seen) = classify(p);
@@ -413,10 +415,7 @@ pub fn install(core_dir: &Path) -> Result<()> {
 }
 
 pub fn remove(core_dir: &Path) -> Result<()> {
-    let found = platforms(core_dir)?;
-    if found.is_empty() {
-        nothing_found(core_dir);
-    }
+    let found = platforms_or_say_none(core_dir)?;
     let mut refused = Vec::new();
     for p in &found {
         let (hook, seen) = classify(p);

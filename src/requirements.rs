@@ -59,10 +59,6 @@ impl Dep {
         self.requirement.marker.is_true()
             || env.is_none_or(|env| self.requirement.marker.evaluate(env, &[]))
     }
-
-    pub fn has_marker(&self) -> bool {
-        !self.requirement.marker.is_true()
-    }
 }
 
 #[derive(Debug, Clone)]

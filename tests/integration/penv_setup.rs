@@ -41,13 +41,7 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let w = World::new();
-        Wheel::new("certifi", "2025.8.3")
-            .module(
-                "certifi",
-                "import os\n\ndef where():\n    return os.path.join(os.path.dirname(__file__), 'cacert.pem')\n",
-            )
-            .file("certifi/cacert.pem", "# test CA bundle\n")
-            .build(&w.wheels);
+        crate::support::certifi_wheel().build(&w.wheels);
         Wheel::new("freertos-gdb", "1.0.4")
             .module("freertos_gdb", "")
             .build(&w.wheels);

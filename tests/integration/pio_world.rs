@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{BIN, Run, Wheel, World, repo, tools_path};
+use crate::support::{BIN, Run, World, repo, tools_path};
 
 pub fn pio_bin() -> PathBuf {
     tools_path("venv/bin/pio")
@@ -151,13 +151,7 @@ pub struct Pio {
 impl Pio {
     pub fn new() -> Pio {
         let w = World::new();
-        Wheel::new("certifi", "2025.8.3")
-            .module(
-                "certifi",
-                "import os\n\ndef where():\n    return os.path.join(os.path.dirname(__file__), 'cacert.pem')\n",
-            )
-            .file("certifi/cacert.pem", "# test CA bundle\n")
-            .build(&w.wheels);
+        crate::support::certifi_wheel().build(&w.wheels);
         let core = w.dir.path().join("core");
         assert_eq!(
             core.join("penv"),

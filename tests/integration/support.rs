@@ -145,6 +145,16 @@ impl Wheel {
     }
 }
 
+/// A certifi whose `where()` and RECORD name its `cacert.pem`, as the real one's do.
+pub fn certifi_wheel() -> Wheel {
+    Wheel::new("certifi", "2025.8.3")
+        .module(
+            "certifi",
+            "import os\n\ndef where():\n    return os.path.join(os.path.dirname(__file__), 'cacert.pem')\n",
+        )
+        .file("certifi/cacert.pem", "# test CA bundle\n")
+}
+
 /// The standard wheels most tests use, with the odd cases pioarduino's list has.
 pub fn standard_wheels() -> Vec<Wheel> {
     vec![
