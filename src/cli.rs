@@ -12,6 +12,42 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses the command line. `ensure`, the hot path, is first parsed by a command that
+    /// holds only `ensure`'s arguments, which skips building the other subcommands; anything it
+    /// does not accept (`--help`, a typo) goes to the whole [`Cli`], so messages are the same.
+    pub fn parse_args() -> Cli {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        Cli::parse_from_args(args)
+    }
+
+    pub fn parse_from_args(args: Vec<std::ffi::OsString>) -> Cli {
+        if args.get(1).is_some_and(|arg| arg == "ensure")
+            && let Ok(EnsureOnly {
+                command: EnsureOnlyCommand::Ensure(ensure),
+            }) = EnsureOnly::try_parse_from(&args)
+        {
+            return Cli {
+                command: Command::Ensure(ensure),
+            };
+        }
+        Cli::parse_from(args)
+    }
+}
+
+/// [`Cli`] with `ensure` alone, and the same command settings.
+#[derive(Debug, Parser)]
+#[command(name = "penv-guard", args_override_self = true)]
+struct EnsureOnly {
+    #[command(subcommand)]
+    command: EnsureOnlyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum EnsureOnlyCommand {
+    Ensure(EnsureArgs),
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Make the penv satisfy the dependency list (a few ms when it already does)
@@ -183,5 +219,49 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
+        super::EnsureOnly::command().debug_assert();
+    }
+
+    fn argv(words: &[&str]) -> Vec<std::ffi::OsString> {
+        std::iter::once("penv-guard")
+            .chain(words.iter().copied())
+            .map(Into::into)
+            .collect()
+    }
+
+    #[test]
+    fn ensure_parses_alike_through_the_short_command_and_the_whole_cli() {
+        use clap::Parser as _;
+        for words in [
+            &["ensure"][..],
+            &["ensure", "--json", "--penv", "/p", "--python", "py", "--deps-json", "-"],
+            &["ensure", "--dep", "a", "--dep=b>=1", "-r", "x.txt", "-q", "--offline"],
+            &["ensure", "--lock-timeout", "1", "--lock-timeout", "2.5", "--verify", "-v"],
+            &["ensure", "--project-dir", ".", "--env", "esp32", "--install-timeout=3"],
+            &["ensure", "--uv", "u", "--uv-cache-dir", "c", "--esptool-dir", "e", "--"],
+        ] {
+            let short = super::EnsureOnly::try_parse_from(argv(words)).unwrap();
+            let whole = super::Cli::try_parse_from(argv(words)).unwrap();
+            let super::EnsureOnlyCommand::Ensure(short) = short.command;
+            let super::Command::Ensure(whole) = whole.command else {
+                panic!("{words:?} is not ensure");
+            };
+            assert_eq!(format!("{short:?}"), format!("{whole:?}"), "{words:?}");
+        }
+    }
+
+    #[test]
+    fn what_the_short_command_refuses_is_left_to_the_whole_cli() {
+        use clap::Parser as _;
+        for words in [
+            &["ensure", "--help"][..],
+            &["ensure", "--quiet", "--verbose"],
+            &["ensure", "--env", "x"],
+            &["ensure", "--no-such-flag"],
+            &["ensure", "--lock-timeout", "soon"],
+        ] {
+            assert!(super::EnsureOnly::try_parse_from(argv(words)).is_err(), "{words:?}");
+            assert!(super::Cli::try_parse_from(argv(words)).is_err(), "{words:?}");
+        }
     }
 }

@@ -44,7 +44,7 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
         install_timeout,
     };
     let mut phases = Phases::new(start);
-    let verdict = verdict::decide(&run.ctx, state::load(&run.ctx.penv.state_path()));
+    let verdict = verdict::decide(&run.ctx, state::load(&run.ctx.penv.state_path()))?;
     phases.end("check");
     let reason = match verdict {
         Verdict::Hit(state) if !args.verify => {
@@ -55,6 +55,8 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
         Verdict::Miss(reason, _) => reason,
     };
     tracing::info!("miss: {reason}");
+    // A bad dependency list is bad input before anything changes.
+    run.ctx.deps()?;
 
     uv::check_penv_is_ours(&run.ctx.penv)?;
     if let Some(parent) = run.ctx.penv.root.parent() {
@@ -121,7 +123,7 @@ impl Run<'_> {
         phases: &mut Phases,
     ) -> Result<(&'static str, Option<MissReason>, State)> {
         let verify = self.args.verify;
-        let reason = match verdict::decide(&self.ctx, state::load(&self.ctx.penv.state_path())) {
+        let reason = match verdict::decide(&self.ctx, state::load(&self.ctx.penv.state_path()))? {
             Verdict::Hit(state) if !verify => {
                 tracing::info!(
                     "hit after waiting {:.1}s for the lock",
@@ -259,7 +261,7 @@ impl Run<'_> {
 
         self.say(format_args!(
             "{reason}; installing {} requirements into {}",
-            ctx.deps.len(),
+            ctx.deps()?.len(),
             ctx.penv.root.display()
         ));
         let requirements = self.requirements_file()?;
@@ -294,7 +296,7 @@ impl Run<'_> {
         // every requirement's version allowed. Damaged distributions are reinstalled once.
         let marker_env = crate::markers::capture(&ctx.penv.python(), timeout)?;
         let mut dists = distinfo::installed_distributions(&site_packages);
-        let damaged = validate::damaged(ctx, &dists, &marker_env);
+        let damaged = validate::damaged(ctx.deps()?, &dists, &marker_env);
         if !damaged.is_empty() {
             self.say(format_args!(
                 "{} damaged or not as required (files listed in RECORD missing or changed, or \
@@ -392,11 +394,12 @@ impl Run<'_> {
     /// added when the penv has none, as pioarduino's own setup does.
     fn requirements_file(&self) -> Result<(tempfile::TempDir, PathBuf)> {
         use std::fmt::Write as _;
-        let mut text = self.ctx.deps.requirements_txt();
+        let deps = self.ctx.deps()?;
+        let mut text = deps.requirements_txt();
         if let Some(dir) = &self.ctx.esptool_dir {
             let _ = writeln!(text, "-e {}", dir.display());
         }
-        if !self.ctx.penv.uv().is_file() && !self.ctx.deps.iter().any(|d| d.name() == "uv") {
+        if !self.ctx.penv.uv().is_file() && !deps.iter().any(|d| d.name() == "uv") {
             text.push_str("uv\n");
         }
         let dir = tempfile::tempdir()
@@ -436,14 +439,15 @@ impl Run<'_> {
             .map(|key| (key, None))
             .collect();
         let stamps = ctx.stamps_like(&recorded);
-        let fingerprint_input = fingerprint::input(ctx, Some(checked.python_version.clone()), None);
+        let fingerprint_input =
+            fingerprint::input(ctx, Some(checked.python_version.clone()), None)?;
         let recorded_at_ns = fsutil::now_ns();
         phases.end("record");
         let state = State {
             schema: state::SCHEMA,
             fingerprint: fingerprint_input.hash(),
             fingerprint_input,
-            request: ctx.request(),
+            request: ctx.request()?,
             racy_window_ns: state::racy_window_ns(&stamps),
             stamps,
             recorded_at_ns,

@@ -24,10 +24,11 @@ struct FingerprintReport<'a> {
 
 pub fn run(args: &FingerprintArgs) -> Result<()> {
     let ctx = Context::resolve(&args.penv, &args.deps)?;
+    ctx.deps()?;
     let version = ctx.penv.read_cfg().and_then(|cfg| cfg.version);
     let penv_exists = version.is_some();
     let input = if penv_exists {
-        input(&ctx, version, None)
+        input(&ctx, version, None)?
     } else {
         // What the penv would be: created from the host Python.
         let python = ctx.host_python().ok_or_else(|| Error::PythonNotFound {
@@ -38,7 +39,7 @@ pub fn run(args: &FingerprintArgs) -> Result<()> {
             message: "not found on PATH; pass --python".into(),
         })?;
         let (version, real) = uv::query_python(&python, Duration::from_secs(30))?;
-        input(&ctx, Some(version), Some(&real))
+        input(&ctx, Some(version), Some(&real))?
     };
     let fingerprint = input.hash();
     if args.json {
@@ -60,13 +61,13 @@ pub fn input(
     ctx: &Context,
     python_version: Option<String>,
     interpreter: Option<&Path>,
-) -> FingerprintInput {
+) -> Result<FingerprintInput> {
     let interpreter = interpreter
         .map(Path::to_path_buf)
         .or_else(|| std::fs::canonicalize(ctx.penv.python()).ok());
-    FingerprintInput {
+    Ok(FingerprintInput {
         schema: state::SCHEMA,
-        deps: ctx.deps.canonical_lines(),
+        deps: ctx.deps()?.canonical_lines(),
         python_version,
         interpreter: interpreter.as_deref().map(path_text),
         penv: ctx.penv_real_text(),
@@ -76,5 +77,5 @@ pub fn input(
             .map(|d| path_text(&std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()))),
         os: std::env::consts::OS.to_owned(),
         arch: std::env::consts::ARCH.to_owned(),
-    }
+    })
 }

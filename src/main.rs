@@ -1,13 +1,12 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser as _;
 use penv_guard::cli::{Cli, Command};
 use penv_guard::messages;
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     messages::init_logging(matches!(&cli.command, Command::Ensure(args) if args.verbose));
     match penv_guard::run(&cli, start) {
         Ok(()) => ExitCode::SUCCESS,

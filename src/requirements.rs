@@ -14,6 +14,7 @@ use pep508_rs::{MarkerEnvironment, Requirement, VersionOrUrl};
 
 use crate::cli::DepArgs;
 use crate::error::{Error, Result};
+use sha2::{Digest as _, Sha256};
 
 /// pioarduino's `python_deps` for ESP32 builds, kept as data (`data/esp32-deps.json`).
 pub const DEFAULT_DEPS_JSON: &str = include_str!("../data/esp32-deps.json");
@@ -61,6 +62,111 @@ impl Dep {
     }
 }
 
+/// The dependency list as given, read but not yet parsed. `--deps-json` (a file, or stdin,
+/// which can be read only once) is read here; requirements files are read by [`DepInput::parse`],
+/// which follows their `-r` includes.
+#[derive(Debug, Clone)]
+pub struct DepInput {
+    requirement_files: Vec<PathBuf>,
+    dep: Vec<String>,
+    /// The text and where it came from.
+    deps_json: Option<(String, String)>,
+}
+
+impl DepInput {
+    pub fn read(args: &DepArgs) -> Result<DepInput> {
+        let deps_json = match &args.deps_json {
+            Some(path) if path.as_os_str() == "-" => {
+                let mut text = String::new();
+                std::io::stdin()
+                    .take(USER_FILE_CAP + 1)
+                    .read_to_string(&mut text)
+                    .map_err(|e| {
+                        Error::Usage(format!("cannot read --deps-json from stdin: {e}"))
+                    })?;
+                if text.len() as u64 > USER_FILE_CAP {
+                    return Err(Error::Usage(format!(
+                        "--deps-json from stdin is larger than {USER_FILE_CAP} bytes"
+                    )));
+                }
+                Some((text, "<stdin>".to_owned()))
+            }
+            Some(path) => {
+                let bytes = crate::fsutil::read_user_file(path, USER_FILE_CAP).map_err(|e| {
+                    Error::Usage(format!(
+                        "cannot read --deps-json {}: {}",
+                        path.display(),
+                        missing_as_not_found(&e)
+                    ))
+                })?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    Error::Usage(format!("--deps-json {} is not UTF-8", path.display()))
+                })?;
+                Some((text, path.display().to_string()))
+            }
+            None => None,
+        };
+        Ok(DepInput {
+            requirement_files: args.requirement.clone(),
+            dep: args.dep.clone(),
+            deps_json,
+        })
+    }
+
+    /// A digest of the input as given and of this penv-guard's version. Equal digests mean equal
+    /// parsed lists, so a hit compares the digest recorded in the state instead of parsing the
+    /// list again. `None` with requirements files: their includes are known only by parsing.
+    pub fn digest(&self) -> Option<String> {
+        if !self.requirement_files.is_empty() {
+            return None;
+        }
+        let mut hasher = Sha256::new();
+        let mut field = |tag: &str, bytes: &[u8]| {
+            hasher.update(tag.as_bytes());
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        };
+        field("penv-guard", env!("CARGO_PKG_VERSION").as_bytes());
+        for dep in &self.dep {
+            field("dep", dep.as_bytes());
+        }
+        match &self.deps_json {
+            Some((text, _)) => field("deps-json", text.as_bytes()),
+            None if self.dep.is_empty() => field("default", DEFAULT_DEPS_JSON.as_bytes()),
+            None => {}
+        }
+        Some(hex::encode(hasher.finalize()))
+    }
+
+    pub fn parse(&self) -> Result<DepSet> {
+        let mut deps = Vec::new();
+        let mut sources = Vec::new();
+        for file in &self.requirement_files {
+            parse_requirements_file(file, &mut deps, 0)?;
+            sources.push(file.display().to_string());
+        }
+        for (index, text) in self.dep.iter().enumerate() {
+            deps.push(parse_requirement(text, &format!("--dep #{}", index + 1))?);
+        }
+        if !self.dep.is_empty() {
+            sources.push("--dep".to_owned());
+        }
+        if let Some((text, origin)) = &self.deps_json {
+            deps.extend(parse_deps_json(text, origin)?);
+            sources.push(origin.clone());
+        }
+        if sources.is_empty() {
+            let deps = parse_deps_json(DEFAULT_DEPS_JSON, "embedded default")?;
+            return DepSet::new(deps, "embedded ESP32 default".to_owned());
+        }
+        let source = sources.join(", ");
+        if deps.is_empty() {
+            return Err(Error::Usage(format!("no dependencies given in {source}")));
+        }
+        DepSet::new(deps, source)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DepSet {
     deps: Vec<Dep>,
@@ -92,58 +198,7 @@ impl DepSet {
     }
 
     pub fn from_args(args: &DepArgs) -> Result<DepSet> {
-        let mut deps = Vec::new();
-        let mut sources = Vec::new();
-        for file in &args.requirement {
-            parse_requirements_file(file, &mut deps, 0)?;
-            sources.push(file.display().to_string());
-        }
-        for (index, text) in args.dep.iter().enumerate() {
-            deps.push(parse_requirement(text, &format!("--dep #{}", index + 1))?);
-        }
-        if !args.dep.is_empty() {
-            sources.push("--dep".to_owned());
-        }
-        if let Some(path) = &args.deps_json {
-            let (text, origin) = if path.as_os_str() == "-" {
-                let mut text = String::new();
-                std::io::stdin()
-                    .take(USER_FILE_CAP + 1)
-                    .read_to_string(&mut text)
-                    .map_err(|e| {
-                        Error::Usage(format!("cannot read --deps-json from stdin: {e}"))
-                    })?;
-                if text.len() as u64 > USER_FILE_CAP {
-                    return Err(Error::Usage(format!(
-                        "--deps-json from stdin is larger than {USER_FILE_CAP} bytes"
-                    )));
-                }
-                (text, "<stdin>".to_owned())
-            } else {
-                let bytes = crate::fsutil::read_user_file(path, USER_FILE_CAP).map_err(|e| {
-                    Error::Usage(format!(
-                        "cannot read --deps-json {}: {}",
-                        path.display(),
-                        missing_as_not_found(&e)
-                    ))
-                })?;
-                let text = String::from_utf8(bytes).map_err(|_| {
-                    Error::Usage(format!("--deps-json {} is not UTF-8", path.display()))
-                })?;
-                (text, path.display().to_string())
-            };
-            deps.extend(parse_deps_json(&text, &origin)?);
-            sources.push(origin);
-        }
-        if sources.is_empty() {
-            let deps = parse_deps_json(DEFAULT_DEPS_JSON, "embedded default")?;
-            return DepSet::new(deps, "embedded ESP32 default".to_owned());
-        }
-        let source = sources.join(", ");
-        if deps.is_empty() {
-            return Err(Error::Usage(format!("no dependencies given in {source}")));
-        }
-        DepSet::new(deps, source)
+        DepInput::read(args)?.parse()
     }
 
     /// Sorts, drops exact duplicates, rejects one name with two different requirements.

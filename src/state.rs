@@ -64,6 +64,50 @@ impl Stamp {
     }
 }
 
+/// A directory whose parts are stamped by their path relative to it. On Linux it is opened once
+/// (`O_PATH`) and each part is stat'ed relative to it, which spares joining and walking the
+/// directory's own path for each of a hit's dozens of parts; elsewhere, or where it cannot be
+/// opened, paths are joined. Either way a stamp is what [`Stamp::of`] gives for the joined path.
+pub struct StampRoot<'a> {
+    path: &'a Path,
+    #[cfg(target_os = "linux")]
+    dir: Option<std::os::fd::OwnedFd>,
+}
+
+impl<'a> StampRoot<'a> {
+    pub fn open(path: &'a Path) -> StampRoot<'a> {
+        StampRoot {
+            path,
+            #[cfg(target_os = "linux")]
+            dir: {
+                use rustix::fs::{Mode, OFlags};
+                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                rustix::fs::open(path, flags, Mode::empty()).ok()
+            },
+        }
+    }
+
+    /// The stamp of `relative` (following symlinks, as [`Stamp::of`] does).
+    pub fn stamp(&self, relative: &str) -> Option<Stamp> {
+        #[cfg(target_os = "linux")]
+        if let Some(dir) = &self.dir {
+            let stat = rustix::fs::statat(dir, relative, rustix::fs::AtFlags::empty()).ok()?;
+            let ns = |seconds: i64, nanos: u64| {
+                seconds
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(i64::try_from(nanos).unwrap_or(0))
+            };
+            return Some(Stamp {
+                ino: stat.st_ino,
+                size: u64::try_from(stat.st_size).unwrap_or(0),
+                mtime_ns: ns(stat.st_mtime, stat.st_mtime_nsec),
+                ctime_ns: ns(stat.st_ctime, stat.st_ctime_nsec),
+            });
+        }
+        Stamp::of(&self.path.join(relative))
+    }
+}
+
 #[cfg(unix)]
 fn inode(m: &fs::Metadata) -> u64 {
     std::os::unix::fs::MetadataExt::ino(m)
@@ -80,15 +124,6 @@ fn inode(_: &fs::Metadata) -> u64 {
 pub type Stamps = BTreeMap<String, Option<Stamp>>;
 
 pub const ESPTOOL_PREFIX: &str = "esptool-dir:";
-
-/// Parts whose stamps differ between `recorded` and `now`.
-pub fn differences(recorded: &Stamps, now: &Stamps) -> Vec<String> {
-    recorded
-        .iter()
-        .filter(|(name, stamp)| now.get(*name) != Some(*stamp))
-        .map(|(name, _)| name.clone())
-        .collect()
-}
 
 /// Parts that changed within `window_ns` before `at_ns`: a later change in the same timestamp
 /// tick would leave their stamp unchanged (git's "racy clean" entries).
@@ -226,6 +261,10 @@ impl FingerprintInput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub deps: Vec<String>,
+    /// The digest of the dependency list as given ([`crate::requirements::DepInput::digest`]):
+    /// when it is unchanged, a hit does not parse the list again.
+    #[serde(default)]
+    pub deps_input: Option<String>,
     pub esptool_dir: Option<String>,
     /// The penv path as given (absolute, not resolved); a different spelling is resolved once.
     pub penv: String,
@@ -296,6 +335,13 @@ pub fn load(path: &Path) -> Loaded {
 }
 
 pub fn parse(bytes: &[u8]) -> Loaded {
+    // The hit path: one pass straight into `State`. Only a file that does not parse as this
+    // schema's state is read a second time, to say why.
+    if let Ok(state) = serde_json::from_slice::<State>(bytes)
+        && state.schema == SCHEMA
+    {
+        return Loaded::Valid(Box::new(state));
+    }
     let value: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(value) => value,
         Err(e) => return Loaded::Corrupt(format!("not valid JSON: {e}")),
@@ -377,6 +423,7 @@ mod tests {
             fingerprint: input.hash(),
             request: Request {
                 deps: input.deps.clone(),
+                deps_input: None,
                 esptool_dir: None,
                 penv: input.penv.clone(),
                 os: input.os.clone(),

@@ -37,6 +37,7 @@ use crate::error::Result;
 use crate::lock::{self, Holder};
 use crate::messages::{human_age, human_bytes};
 use crate::penv;
+use crate::requirements::DepSet;
 use crate::state::{self, Loaded};
 use crate::verdict::{self, Context, MissReason, Verdict};
 
@@ -143,10 +144,11 @@ struct UvCacheReport {
 
 pub fn run(args: &StatusArgs) -> Result<()> {
     let ctx = Context::resolve(&args.penv, &args.deps)?;
+    let deps = ctx.deps()?;
     let loaded = state::load(&ctx.penv.state_path());
     let python_version = ctx.penv.read_cfg().and_then(|cfg| cfg.version);
     let site_packages = python_version.as_deref().map(|v| ctx.penv.site_packages(v));
-    let decision = verdict::decide(&ctx, loaded.clone());
+    let decision = verdict::decide(&ctx, loaded.clone())?;
     let recorded = loaded.valid();
 
     // The table and the verdict come from one decision: a hit whose files disagree is reported
@@ -158,7 +160,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             .then(|| crate::markers::capture(&ctx.penv.python(), Duration::from_secs(10)).ok())
             .flatten()
     });
-    let dependencies = dependency_table(&ctx, marker_env.as_ref(), site_packages.as_deref());
+    let dependencies = dependency_table(deps, marker_env.as_ref(), site_packages.as_deref());
     let disagreement = dependencies
         .iter()
         .find(|d| d.applies && !d.satisfied)
@@ -352,7 +354,7 @@ fn state_report(
 }
 
 fn dependency_table(
-    ctx: &Context,
+    deps: &DepSet,
     marker_env: Option<&crate::markers::MarkerValues>,
     site_packages: Option<&std::path::Path>,
 ) -> Vec<DepReport> {
@@ -360,8 +362,7 @@ fn dependency_table(
         .map(distinfo::installed_distributions)
         .unwrap_or_default();
     let env = marker_env.and_then(crate::markers::environment);
-    ctx.deps
-        .iter()
+    deps.iter()
         .map(|dep| {
             let dist = dists.get(dep.name());
             let applies = dep.applies_to(env.as_ref());

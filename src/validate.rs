@@ -14,6 +14,7 @@ use crate::distinfo::{self, Installed};
 use crate::error::{Error, Result};
 use crate::markers::{self, MarkerValues};
 use crate::process::{self, Stderr};
+use crate::requirements::DepSet;
 use crate::state::path_text;
 use crate::verdict::Context;
 
@@ -109,7 +110,7 @@ pub fn check_installed(
     let env = markers::environment(&marker_env);
     let mut installed = BTreeMap::new();
     let mut modules = BTreeMap::new();
-    for dep in ctx.deps.iter().filter(|d| d.applies_to(env.as_ref())) {
+    for dep in ctx.deps()?.iter().filter(|d| d.applies_to(env.as_ref())) {
         let Some(dist) = dists.get(dep.name()) else {
             return Err(Error::Install {
                 message: format!(
@@ -178,13 +179,12 @@ pub fn check_installed(
 /// Normalized names of distributions to reinstall: a RECORD file missing or of another size,
 /// or a requirement that applies and is not met by what METADATA says.
 pub fn damaged(
-    ctx: &Context,
+    deps: &DepSet,
     dists: &BTreeMap<String, Installed>,
     marker_env: &MarkerValues,
 ) -> Vec<String> {
     let env = markers::environment(marker_env);
-    let unmet = ctx
-        .deps
+    let unmet = deps
         .iter()
         .filter(|dep| dep.applies_to(env.as_ref()) && !dep.is_url())
         .filter(|dep| {

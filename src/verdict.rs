@@ -10,8 +10,10 @@ use serde::Serialize;
 use crate::cli::{DepArgs, PenvArgs};
 use crate::error::{Error, Result};
 use crate::penv::{self, Penv};
-use crate::requirements::DepSet;
-use crate::state::{self, ESPTOOL_PREFIX, Loaded, Request, Stamp, Stamps, State, path_text};
+use crate::requirements::{DepInput, DepSet};
+use crate::state::{
+    self, ESPTOOL_PREFIX, Loaded, Request, Stamp, StampRoot, Stamps, State, path_text,
+};
 
 /// The editable esptool project's files whose change (PlatformIO updating tool-esptoolpy in
 /// place) must be a miss.
@@ -21,7 +23,9 @@ pub const ESPTOOL_PROJECT_FILES: [&str; 4] =
 /// What is known before any subprocess: the inputs of the decision.
 pub struct Context {
     pub penv: Penv,
-    pub deps: DepSet,
+    deps_input: DepInput,
+    /// Parsed on first use: a hit whose recorded input digest matches never parses the list.
+    deps: std::cell::OnceCell<DepSet>,
     pub explicit_uv: Option<PathBuf>,
     /// `--python` as given (made absolute when it is a path).
     pub explicit_python: Option<PathBuf>,
@@ -33,7 +37,7 @@ pub struct Context {
 impl Context {
     pub fn resolve(penv_args: &PenvArgs, dep_args: &DepArgs) -> Result<Context> {
         let penv = Penv::resolve(penv_args.penv.as_deref())?;
-        let deps = DepSet::from_args(dep_args)?;
+        let deps_input = DepInput::read(dep_args)?;
         let cache_dir = match &penv_args.uv_cache_dir {
             Some(dir) => dir.clone(),
             None => penv::core_dir()?.join(".cache").join("uv"),
@@ -60,19 +64,50 @@ impl Context {
             explicit_python,
             explicit_uv: penv_args.uv.clone(),
             penv,
-            deps,
+            deps_input,
+            deps: std::cell::OnceCell::new(),
             cache_dir,
         })
     }
 
-    pub fn request(&self) -> Request {
-        Request {
-            deps: self.deps.canonical_lines(),
-            esptool_dir: self.esptool_dir.as_deref().map(path_text),
+    /// The parsed dependency list (parsed on the first call; a bad list is an error then).
+    pub fn deps(&self) -> Result<&DepSet> {
+        if let Some(deps) = self.deps.get() {
+            return Ok(deps);
+        }
+        let parsed = self.deps_input.parse()?;
+        Ok(self.deps.get_or_init(|| parsed))
+    }
+
+    pub fn request(&self) -> Result<Request> {
+        Ok(Request {
+            deps: self.deps()?.canonical_lines(),
+            deps_input: self.deps_input.digest(),
+            esptool_dir: self.esptool_dir_text(),
             penv: path_text(&self.penv.root),
             os: std::env::consts::OS.to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
+        })
+    }
+
+    fn esptool_dir_text(&self) -> Option<String> {
+        self.esptool_dir.as_deref().map(path_text)
+    }
+
+    /// How the dependency list differs from the recorded one, if it does. Equal input digests
+    /// settle it without parsing.
+    fn deps_change(&self, recorded: &Request) -> Result<Option<MissReason>> {
+        if recorded.deps_input.is_some() && recorded.deps_input == self.deps_input.digest() {
+            return Ok(None);
         }
+        let (old, new) = (&recorded.deps, self.deps()?.canonical_lines());
+        if *old == new {
+            return Ok(None);
+        }
+        Ok(Some(MissReason::DepsChanged {
+            added: new.iter().filter(|d| !old.contains(d)).cloned().collect(),
+            removed: old.iter().filter(|d| !new.contains(d)).cloned().collect(),
+        }))
     }
 
     /// The host Python that creates the penv: `--python`, else `python3` on PATH (miss path only).
@@ -88,22 +123,31 @@ impl Context {
         )
     }
 
-    /// The file a stamp key names.
-    pub fn stamp_path(&self, key: &str) -> Option<PathBuf> {
+    /// The stamp, now, of the part a stamp key names: a path relative to the penv, or an
+    /// `esptool-dir:` file.
+    fn stamp_now(&self, penv: &StampRoot, key: &str) -> Option<Stamp> {
         match key.strip_prefix(ESPTOOL_PREFIX) {
-            Some(file) => Some(self.esptool_dir.as_ref()?.join(file)),
-            None => Some(self.penv.root.join(key)),
+            Some(file) => Stamp::of(&self.esptool_dir.as_ref()?.join(file)),
+            None => penv.stamp(key),
         }
     }
 
     /// The stamps of the same parts `recorded` names, as they are now.
     pub fn stamps_like(&self, recorded: &Stamps) -> Stamps {
+        let penv = StampRoot::open(&self.penv.root);
         recorded
             .keys()
-            .map(|key| {
-                let stamp = self.stamp_path(key).as_deref().and_then(Stamp::of);
-                (key.clone(), stamp)
-            })
+            .map(|key| (key.clone(), self.stamp_now(&penv, key)))
+            .collect()
+    }
+
+    /// The recorded parts whose stamps differ now.
+    fn changed_parts(&self, recorded: &Stamps) -> Vec<String> {
+        let penv = StampRoot::open(&self.penv.root);
+        recorded
+            .iter()
+            .filter(|(key, stamp)| self.stamp_now(&penv, key) != **stamp)
+            .map(|(key, _)| key.clone())
             .collect()
     }
 
@@ -228,71 +272,62 @@ pub enum Verdict {
     Miss(MissReason, Option<Box<State>>),
 }
 
-pub fn decide(ctx: &Context, loaded: Loaded) -> Verdict {
+/// The verdict on a loaded state. An error only when the dependency list has to be parsed (its
+/// input differs from the recorded one) and is bad.
+pub fn decide(ctx: &Context, loaded: Loaded) -> Result<Verdict> {
     let state = match loaded {
         Loaded::Missing if !ctx.penv.pyvenv_cfg().exists() => {
-            return Verdict::Miss(MissReason::NoPenv, None);
+            return Ok(Verdict::Miss(MissReason::NoPenv, None));
         }
-        Loaded::Missing => return Verdict::Miss(MissReason::NoState, None),
-        Loaded::Corrupt(detail) => return Verdict::Miss(MissReason::CorruptState { detail }, None),
+        Loaded::Missing => return Ok(Verdict::Miss(MissReason::NoState, None)),
+        Loaded::Corrupt(detail) => {
+            return Ok(Verdict::Miss(MissReason::CorruptState { detail }, None));
+        }
         Loaded::UnknownSchema(schema) => {
-            return Verdict::Miss(MissReason::UnknownSchema { schema }, None);
+            return Ok(Verdict::Miss(MissReason::UnknownSchema { schema }, None));
         }
         Loaded::Valid(state) => state,
     };
-    match explain(ctx, &state) {
+    Ok(match explain(ctx, &state)? {
         Some(reason) => Verdict::Miss(reason, Some(state)),
         None => Verdict::Hit(state),
-    }
+    })
 }
 
-fn explain(ctx: &Context, state: &State) -> Option<MissReason> {
-    let (old, new) = (&state.request, ctx.request());
-    if old.deps != new.deps {
-        return Some(MissReason::DepsChanged {
-            added: new
-                .deps
-                .iter()
-                .filter(|d| !old.deps.contains(d))
-                .cloned()
-                .collect(),
-            removed: old
-                .deps
-                .iter()
-                .filter(|d| !new.deps.contains(d))
-                .cloned()
-                .collect(),
-        });
+fn explain(ctx: &Context, state: &State) -> Result<Option<MissReason>> {
+    let old = &state.request;
+    if let Some(reason) = ctx.deps_change(old)? {
+        return Ok(Some(reason));
     }
-    if old.esptool_dir != new.esptool_dir {
-        return Some(MissReason::EsptoolDirChanged {
+    let esptool_dir = ctx.esptool_dir_text();
+    if old.esptool_dir != esptool_dir {
+        return Ok(Some(MissReason::EsptoolDirChanged {
             recorded: old.esptool_dir.clone(),
-            now: new.esptool_dir,
-        });
+            now: esptool_dir,
+        }));
     }
-    if (&old.os, &old.arch) != (&new.os, &new.arch) {
-        return Some(MissReason::PlatformChanged);
+    if (old.os.as_str(), old.arch.as_str()) != (std::env::consts::OS, std::env::consts::ARCH) {
+        return Ok(Some(MissReason::PlatformChanged));
     }
-    if old.penv != new.penv {
+    if old.penv != path_text(&ctx.penv.root) {
         // Another spelling of the same place is fine; another place is a moved or copied penv.
         let real = ctx.penv_real_text();
         if real != state.fingerprint_input.penv {
-            return Some(MissReason::PenvMoved {
+            return Ok(Some(MissReason::PenvMoved {
                 recorded: state.fingerprint_input.penv.clone(),
                 now: real,
-            });
+            }));
         }
     }
     if !ctx.same_host_python(state) {
-        return Some(MissReason::HostPythonChanged);
+        return Ok(Some(MissReason::HostPythonChanged));
     }
-    let now = ctx.stamps_like(&state.stamps);
-    let changed = state::differences(&state.stamps, &now);
+    let changed = ctx.changed_parts(&state.stamps);
     if !changed.is_empty() {
         let (esptool, other): (Vec<String>, Vec<String>) = changed
             .into_iter()
             .partition(|part| part.starts_with(ESPTOOL_PREFIX));
-        return Some(if other.is_empty() {
+        return Ok(Some(if other.is_empty() {
             MissReason::EsptoolProjectChanged {
                 files: esptool
                     .iter()
@@ -303,13 +338,13 @@ fn explain(ctx: &Context, state: &State) -> Option<MissReason> {
             MissReason::StampChanged {
                 parts: other.into_iter().chain(esptool).collect(),
             }
-        });
+        }));
     }
     let racy = state::racy_parts(&state.stamps, state.recorded_at_ns, state.racy_window_ns);
     if !racy.is_empty() {
-        return Some(MissReason::RacyStamp { parts: racy });
+        return Ok(Some(MissReason::RacyStamp { parts: racy }));
     }
-    None
+    Ok(None)
 }
 
 /// The parts a new state stamps: `pyvenv.cfg`, the interpreter, site-packages, the site-packages
