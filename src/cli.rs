@@ -1,6 +1,7 @@
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 use crate::error::EXIT_CODES;
 
@@ -13,39 +14,36 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Parses the command line. `ensure`, the hot path, is first parsed by a command that
-    /// holds only `ensure`'s arguments, which skips building the other subcommands; anything it
-    /// does not accept (`--help`, a typo) goes to the whole [`Cli`], so messages are the same.
+    /// Parses the command line. The hot paths (`ensure`, `size`) are first parsed by a command
+    /// that holds only that subcommand's arguments, which spares building the others; anything
+    /// it does not accept (`--help`, a typo) goes to the whole [`Cli`], so messages are the same.
     pub fn parse_args() -> Cli {
-        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        Cli::parse_from_args(args)
+        Cli::parse_from_args(std::env::args_os().collect())
     }
 
-    pub fn parse_from_args(args: Vec<std::ffi::OsString>) -> Cli {
-        if args.get(1).is_some_and(|arg| arg == "ensure")
-            && let Ok(EnsureOnly {
-                command: EnsureOnlyCommand::Ensure(ensure),
-            }) = EnsureOnly::try_parse_from(&args)
-        {
-            return Cli {
-                command: Command::Ensure(ensure),
-            };
+    pub fn parse_from_args(args: Vec<OsString>) -> Cli {
+        let short = match args.get(1).and_then(|a| a.to_str()) {
+            Some("ensure") => parse_alone::<EnsureArgs>("ensure", &args).map(Command::Ensure),
+            Some("size") => parse_alone::<SizeArgs>("size", &args).map(Command::Size),
+            _ => None,
+        };
+        match short {
+            Some(command) => Cli { command },
+            None => Cli::parse_from(args),
         }
-        Cli::parse_from(args)
     }
 }
 
-/// [`Cli`] with `ensure` alone, and the same command settings.
-#[derive(Debug, Parser)]
-#[command(name = "penv-guard", args_override_self = true)]
-struct EnsureOnly {
-    #[command(subcommand)]
-    command: EnsureOnlyCommand,
-}
-
-#[derive(Debug, Subcommand)]
-enum EnsureOnlyCommand {
-    Ensure(EnsureArgs),
+/// `args` parsed by a command holding subcommand `name` alone, with [`Cli`]'s settings.
+fn parse_alone<T: Args + FromArgMatches>(name: &'static str, args: &[OsString]) -> Option<T> {
+    let command = clap::Command::new("penv-guard")
+        .args_override_self(true)
+        .subcommand(T::augment_args(clap::Command::new(name)));
+    let (_, mut matches) = command
+        .try_get_matches_from(args)
+        .ok()?
+        .remove_subcommand()?;
+    T::from_arg_matches_mut(&mut matches).ok()
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,12 +212,13 @@ pub struct PlatformStatusArgs {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser as _};
+
+    use super::{Cli, Command, EnsureArgs, SizeArgs, parse_alone};
 
     #[test]
     fn cli_definition_is_consistent() {
-        super::Cli::command().debug_assert();
-        super::EnsureOnly::command().debug_assert();
+        Cli::command().debug_assert();
     }
 
     fn argv(words: &[&str]) -> Vec<std::ffi::OsString> {
@@ -230,38 +229,99 @@ mod tests {
     }
 
     #[test]
-    fn ensure_parses_alike_through_the_short_command_and_the_whole_cli() {
-        use clap::Parser as _;
+    fn hot_subcommands_parse_alike_alone_and_in_the_whole_cli() {
         for words in [
             &["ensure"][..],
-            &["ensure", "--json", "--penv", "/p", "--python", "py", "--deps-json", "-"],
-            &["ensure", "--dep", "a", "--dep=b>=1", "-r", "x.txt", "-q", "--offline"],
-            &["ensure", "--lock-timeout", "1", "--lock-timeout", "2.5", "--verify", "-v"],
-            &["ensure", "--project-dir", ".", "--env", "esp32", "--install-timeout=3"],
-            &["ensure", "--uv", "u", "--uv-cache-dir", "c", "--esptool-dir", "e", "--"],
+            &[
+                "ensure",
+                "--json",
+                "--penv",
+                "/p",
+                "--python",
+                "py",
+                "--deps-json",
+                "-",
+            ],
+            &[
+                "ensure",
+                "--dep",
+                "a",
+                "--dep=b>=1",
+                "-r",
+                "x.txt",
+                "-q",
+                "--offline",
+            ],
+            &[
+                "ensure",
+                "--lock-timeout",
+                "1",
+                "--lock-timeout",
+                "2.5",
+                "--verify",
+                "-v",
+            ],
+            &[
+                "ensure",
+                "--project-dir",
+                ".",
+                "--env",
+                "esp32",
+                "--install-timeout=3",
+            ],
+            &[
+                "ensure",
+                "--uv",
+                "u",
+                "--uv-cache-dir",
+                "c",
+                "--esptool-dir",
+                "e",
+                "--",
+            ],
+            &["size"],
+            &[
+                "size",
+                "--project-dir",
+                "p",
+                "--env",
+                "a",
+                "--env",
+                "b",
+                "--json",
+            ],
+            &["size", "--refresh", "--refresh", "--project-dir=q"],
         ] {
-            let short = super::EnsureOnly::try_parse_from(argv(words)).unwrap();
-            let whole = super::Cli::try_parse_from(argv(words)).unwrap();
-            let super::EnsureOnlyCommand::Ensure(short) = short.command;
-            let super::Command::Ensure(whole) = whole.command else {
-                panic!("{words:?} is not ensure");
+            let alone = match words[0] {
+                "ensure" => parse_alone::<EnsureArgs>("ensure", &argv(words)).map(Command::Ensure),
+                _ => parse_alone::<SizeArgs>("size", &argv(words)).map(Command::Size),
             };
-            assert_eq!(format!("{short:?}"), format!("{whole:?}"), "{words:?}");
+            let whole = Cli::try_parse_from(argv(words)).unwrap().command;
+            assert_eq!(
+                format!("{alone:?}"),
+                format!("{:?}", Some(whole)),
+                "{words:?}"
+            );
         }
     }
 
     #[test]
-    fn what_the_short_command_refuses_is_left_to_the_whole_cli() {
-        use clap::Parser as _;
+    fn what_a_subcommand_alone_refuses_is_left_to_the_whole_cli() {
         for words in [
             &["ensure", "--help"][..],
             &["ensure", "--quiet", "--verbose"],
             &["ensure", "--env", "x"],
             &["ensure", "--no-such-flag"],
             &["ensure", "--lock-timeout", "soon"],
+            &["size", "--help"],
+            &["size", "--penv", "x"],
         ] {
-            assert!(super::EnsureOnly::try_parse_from(argv(words)).is_err(), "{words:?}");
-            assert!(super::Cli::try_parse_from(argv(words)).is_err(), "{words:?}");
+            let alone = match words[0] {
+                "ensure" => parse_alone::<EnsureArgs>("ensure", &argv(words)).map(|_| ()),
+                _ => parse_alone::<SizeArgs>("size", &argv(words)).map(|_| ()),
+            };
+            assert!(alone.is_none(), "{words:?}");
+            assert!(Cli::try_parse_from(argv(words)).is_err(), "{words:?}");
         }
     }
 }

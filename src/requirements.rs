@@ -532,6 +532,35 @@ mod tests {
         }
     }
 
+    fn input(dep: &[&str], requirement: &[&str]) -> DepInput {
+        DepInput::read(&DepArgs {
+            dep: dep.iter().map(|d| (*d).to_owned()).collect(),
+            requirement: requirement.iter().map(PathBuf::from).collect(),
+            ..DepArgs::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_input_digest_changes_with_every_byte_and_is_absent_for_requirements_files() {
+        let digest = |dep: &[&str]| input(dep, &[]).digest().unwrap();
+        assert_eq!(digest(&["a>=1", "b"]), digest(&["a>=1", "b"]));
+        assert_ne!(digest(&["a>=1", "b"]), digest(&["a>=2", "b"]));
+        // Another order or spelling is another digest (the parsed lists are then compared).
+        assert_ne!(digest(&["a>=1", "b"]), digest(&["b", "a>=1"]));
+        assert_ne!(
+            digest(&["ab"]),
+            digest(&["a", "b"]),
+            "fields are length-framed"
+        );
+        assert_ne!(
+            digest(&[]),
+            digest(&["a"]),
+            "the embedded default is an input too"
+        );
+        assert_eq!(input(&["a"], &["reqs.txt"]).digest(), None);
+    }
+
     #[test]
     fn embedded_default_parses() {
         let deps = parse_deps_json(DEFAULT_DEPS_JSON, "embedded").unwrap();

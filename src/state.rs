@@ -3,10 +3,11 @@
 //!
 //! Invariants:
 //! - A hit needs all of: a readable state file of the current schema, the same request (the
-//!   canonical dependency list, the `--esptool-dir`, the penv's place, OS and architecture), the
-//!   same host Python when `--python` names one, equal stamps (exact equality of inode, size,
-//!   mtime and ctime in ns; never "newer than") of every recorded part, and no part changed within
-//!   the racy window before the state was recorded. Anything else is a miss, with a reason.
+//!   dependency list, by the digest of its input bytes or else by its canonical form; the
+//!   `--esptool-dir`, the penv's place, OS and architecture), the same host Python when
+//!   `--python` names one, equal stamps (exact equality of inode, size, mtime and ctime in ns;
+//!   never "newer than") of every recorded part, and no part changed within the racy window
+//!   before the state was recorded. Anything else is a miss, with a reason.
 //! - Missing, truncated, unparsable, special (FIFO, directory, symlink) or unknown-schema state is
 //!   a miss, never an error or a hang.
 //! - The state is deleted before an install starts and written only after validation passed, so
@@ -90,7 +91,9 @@ impl<'a> StampRoot<'a> {
     /// The stamp of `relative` (following symlinks, as [`Stamp::of`] does).
     pub fn stamp(&self, relative: &str) -> Option<Stamp> {
         #[cfg(target_os = "linux")]
-        if let Some(dir) = &self.dir {
+        if let Some(dir) = &self.dir
+            && !relative.is_empty()
+        {
             let stat = rustix::fs::statat(dir, relative, rustix::fs::AtFlags::empty()).ok()?;
             let ns = |seconds: i64, nanos: u64| {
                 seconds
@@ -443,6 +446,34 @@ mod tests {
             install_timings_ms: BTreeMap::from([("install".into(), 12.5)]),
             facts: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_stamp_relative_to_a_stamp_root_is_the_stamp_of_the_joined_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("lib/site")).unwrap();
+        fs::write(root.join("lib/site/mod.py"), b"x = 1").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("site/mod.py", root.join("lib/link")).unwrap();
+        let stamps = StampRoot::open(root);
+        for relative in [
+            "lib/site/mod.py",
+            "lib/site",
+            "lib/link",
+            "lib/../lib/site",
+            "gone",
+            "",
+        ] {
+            assert_eq!(
+                stamps.stamp(relative),
+                Stamp::of(&root.join(relative)),
+                "{relative:?}"
+            );
+        }
+        assert!(stamps.stamp("lib/link").is_some_and(|s| s.size == 5));
+        let missing = StampRoot::open(Path::new("/nonexistent/penv-guard"));
+        assert_eq!(missing.stamp("pyvenv.cfg"), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The decision a hit rests on: what was asked for (`Context`), compared with an already-loaded
-//! state and the stamps of the parts it recorded. Reads no file but the stamps' metadata: no
-//! PATH search, no symlink resolution (unless the penv path is spelled differently than when
-//! recorded), no subprocess, no lock.
+//! state and the stamps of the parts it recorded. Reads nothing but the dependency input and the
+//! stamps' metadata: no PATH search, no symlink resolution (unless the penv path is spelled
+//! differently than when recorded), no subprocess, no lock. The dependency list is parsed only
+//! when the digest of its input differs from the recorded one.
 
 use std::path::{Path, PathBuf};
 

@@ -143,6 +143,65 @@ fn failing_import_exits_3_and_writes_no_state() {
     assert!(!w.state_path().exists());
 }
 
+fn edit_state(w: &World, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&fs::read(w.state_path()).unwrap()).unwrap();
+    edit(state["request"].as_object_mut().unwrap());
+    fs::write(w.state_path(), serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+}
+
+#[test]
+fn a_bad_dependency_list_is_exit_2_even_when_the_penv_is_warm() {
+    let w = World::new();
+    w.ensure(&["alpha<2"]).run().ok();
+    assert_eq!(
+        w.ensure(&["alpha<2"]).arg("--json").run().ok().status(),
+        "hit"
+    );
+    let run = w.ensure(&["alpha<2", "beta >>> 1"]).run().code(2);
+    assert!(run.stderr.contains("beta >>> 1"), "{}", run.stderr);
+    let json = w.dir.path().join("deps.json");
+    fs::write(&json, "[\"alpha\"]").unwrap();
+    let run = w.cmd("ensure").arg("--deps-json").arg(&json).run().code(2);
+    assert!(run.stderr.contains("deps.json"), "{}", run.stderr);
+    assert_eq!(w.installs(), 1);
+}
+
+#[test]
+fn an_unchanged_input_is_not_parsed_again_on_a_hit() {
+    let w = World::new();
+    let stdin_json = |w: &World| {
+        w.cmd("ensure")
+            .args(["--deps-json", "-", "--json"])
+            .run_with_stdin(r#"{"alpha": "<2", "single": ""}"#)
+    };
+    assert_eq!(stdin_json(&w).ok().status(), "installed");
+    assert_eq!(stdin_json(&w).ok().status(), "hit");
+    // The digest of the input as given decides: a state whose parsed list says otherwise but
+    // whose digest matches is a hit, so the list was not parsed.
+    edit_state(&w, |request| {
+        request.insert("deps".into(), serde_json::json!(["something-else"]));
+    });
+    assert_eq!(stdin_json(&w).ok().status(), "hit");
+    assert_eq!(w.installs(), 1);
+}
+
+#[test]
+fn a_state_recorded_without_an_input_digest_compares_the_parsed_list() {
+    let w = World::new();
+    w.ensure(&["alpha<2"]).run().ok();
+    edit_state(&w, |request| {
+        assert!(request.remove("deps_input").unwrap().is_string());
+    });
+    assert_eq!(
+        w.ensure(&["alpha<2"]).arg("--json").run().ok().status(),
+        "hit"
+    );
+    let run = w.ensure(&["alpha>=2"]).arg("--json").run().ok();
+    assert_eq!(run.status(), "installed");
+    assert_eq!(w.installs(), 2);
+}
+
 #[test]
 fn corrupt_state_files_are_misses_not_crashes() {
     let w = World::new();

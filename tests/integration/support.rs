@@ -403,6 +403,24 @@ impl TestCommand {
         Run::from(output)
     }
 
+    pub fn run_with_stdin(mut self, input: &str) -> Run {
+        use std::io::Write as _;
+        let mut child = self
+            .command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("penv-guard starts");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        Run::from(child.wait_with_output().expect("penv-guard runs"))
+    }
+
     pub fn spawn(mut self) -> std::process::Child {
         self.command
             .stdout(std::process::Stdio::piped())
