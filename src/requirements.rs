@@ -14,6 +14,7 @@ use pep508_rs::{MarkerEnvironment, Requirement, VersionOrUrl};
 
 use crate::cli::DepArgs;
 use crate::error::{Error, Result};
+use crate::state::Stamp;
 use sha2::{Digest as _, Sha256};
 
 /// pioarduino's `python_deps` for ESP32 builds, kept as data (`data/esp32-deps.json`).
@@ -113,26 +114,33 @@ impl DepInput {
         })
     }
 
-    /// A digest of the input as given and of this penv-guard's version. Equal digests mean equal
-    /// parsed lists, so a hit compares the digest recorded in the state instead of parsing the
-    /// list again. `None` with requirements files: their includes are known only by parsing.
+    /// A digest of the input as given, bound to the running binary (its inode, size and times):
+    /// equal digests mean the same bytes parsed by the same build, hence equal parsed lists. So
+    /// a hit compares the digest recorded in the state instead of parsing the list again. `None`
+    /// with requirements files (their includes are known only by parsing), or where the running
+    /// binary cannot be stat'ed.
     pub fn digest(&self) -> Option<String> {
         if !self.requirement_files.is_empty() {
             return None;
         }
+        let binary = own_binary()?;
         let mut hasher = Sha256::new();
-        let mut field = |tag: &str, bytes: &[u8]| {
-            hasher.update(tag.as_bytes());
+        let mut field = |tag: u8, bytes: &[u8]| {
+            hasher.update([tag]);
             hasher.update((bytes.len() as u64).to_le_bytes());
             hasher.update(bytes);
         };
-        field("penv-guard", env!("CARGO_PKG_VERSION").as_bytes());
+        field(b'v', env!("CARGO_PKG_VERSION").as_bytes());
+        field(b'b', &binary.ino.to_le_bytes());
+        field(b'b', &binary.size.to_le_bytes());
+        field(b'b', &binary.mtime_ns.to_le_bytes());
+        field(b'b', &binary.ctime_ns.to_le_bytes());
         for dep in &self.dep {
-            field("dep", dep.as_bytes());
+            field(b'd', dep.as_bytes());
         }
         match &self.deps_json {
-            Some((text, _)) => field("deps-json", text.as_bytes()),
-            None if self.dep.is_empty() => field("default", DEFAULT_DEPS_JSON.as_bytes()),
+            Some((text, _)) => field(b'j', text.as_bytes()),
+            None if self.dep.is_empty() => field(b'e', DEFAULT_DEPS_JSON.as_bytes()),
             None => {}
         }
         Some(hex::encode(hasher.finalize()))
@@ -165,6 +173,16 @@ impl DepInput {
         }
         DepSet::new(deps, source)
     }
+}
+
+/// The stamp of the running binary (on Linux `/proc/self/exe`, which names it even after it
+/// was replaced on disk).
+fn own_binary() -> Option<Stamp> {
+    #[cfg(target_os = "linux")]
+    let path = PathBuf::from("/proc/self/exe");
+    #[cfg(not(target_os = "linux"))]
+    let path = std::env::current_exe().ok()?;
+    Stamp::of(&path)
 }
 
 #[derive(Debug, Clone)]

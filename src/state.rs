@@ -265,7 +265,8 @@ impl FingerprintInput {
 pub struct Request {
     pub deps: Vec<String>,
     /// The digest of the dependency list as given ([`crate::requirements::DepInput::digest`]):
-    /// when it is unchanged, a hit does not parse the list again.
+    /// when it is unchanged, a hit does not parse the list again. Absent for a list from `-r`
+    /// files or with a URL (parsing expands `${VAR}` and relative paths in it).
     #[serde(default)]
     pub deps_input: Option<String>,
     pub esptool_dir: Option<String>,

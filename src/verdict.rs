@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::cli::{DepArgs, PenvArgs};
 use crate::error::{Error, Result};
 use crate::penv::{self, Penv};
-use crate::requirements::{DepInput, DepSet};
+use crate::requirements::{Dep, DepInput, DepSet};
 use crate::state::{
     self, ESPTOOL_PREFIX, Loaded, Request, Stamp, StampRoot, Stamps, State, path_text,
 };
@@ -25,6 +25,8 @@ pub const ESPTOOL_PROJECT_FILES: [&str; 4] =
 pub struct Context {
     pub penv: Penv,
     deps_input: DepInput,
+    /// [`DepInput::digest`], taken once.
+    deps_digest: Option<String>,
     /// Parsed on first use: a hit whose recorded input digest matches never parses the list.
     deps: std::cell::OnceCell<DepSet>,
     pub explicit_uv: Option<PathBuf>,
@@ -39,6 +41,7 @@ impl Context {
     pub fn resolve(penv_args: &PenvArgs, dep_args: &DepArgs) -> Result<Context> {
         let penv = Penv::resolve(penv_args.penv.as_deref())?;
         let deps_input = DepInput::read(dep_args)?;
+        let deps_digest = deps_input.digest();
         let cache_dir = match &penv_args.uv_cache_dir {
             Some(dir) => dir.clone(),
             None => penv::core_dir()?.join(".cache").join("uv"),
@@ -66,6 +69,7 @@ impl Context {
             explicit_uv: penv_args.uv.clone(),
             penv,
             deps_input,
+            deps_digest,
             deps: std::cell::OnceCell::new(),
             cache_dir,
         })
@@ -81,9 +85,15 @@ impl Context {
     }
 
     pub fn request(&self) -> Result<Request> {
+        let deps = self.deps()?;
         Ok(Request {
-            deps: self.deps()?.canonical_lines(),
-            deps_input: self.deps_input.digest(),
+            deps: deps.canonical_lines(),
+            // Parsing a URL expands `${VAR}` and relative paths, so the same bytes can name
+            // another list tomorrow: a list with a URL is compared parsed, every time.
+            deps_input: self
+                .deps_digest
+                .clone()
+                .filter(|_| !deps.iter().any(Dep::is_url)),
             esptool_dir: self.esptool_dir_text(),
             penv: path_text(&self.penv.root),
             os: std::env::consts::OS.to_owned(),
@@ -98,7 +108,7 @@ impl Context {
     /// How the dependency list differs from the recorded one, if it does. Equal input digests
     /// settle it without parsing.
     fn deps_change(&self, recorded: &Request) -> Result<Option<MissReason>> {
-        if recorded.deps_input.is_some() && recorded.deps_input == self.deps_input.digest() {
+        if recorded.deps_input.is_some() && recorded.deps_input == self.deps_digest {
             return Ok(None);
         }
         let (old, new) = (&recorded.deps, self.deps()?.canonical_lines());

@@ -187,6 +187,54 @@ fn an_unchanged_input_is_not_parsed_again_on_a_hit() {
 }
 
 #[test]
+fn a_state_recorded_by_another_binary_has_its_list_parsed_again() {
+    let w = World::new();
+    w.ensure(&["alpha<2"]).run().ok();
+    edit_state(&w, |request| {
+        request.insert("deps".into(), serde_json::json!(["something-else"]));
+    });
+    assert_eq!(
+        w.ensure(&["alpha<2"]).arg("--json").run().ok().status(),
+        "hit"
+    );
+    // A rebuilt or upgraded penv-guard may parse the same bytes differently.
+    let copy = w.dir.path().join("penv-guard-copy");
+    fs::copy(env!("CARGO_BIN_EXE_penv-guard"), &copy).unwrap();
+    let run = w
+        .cmd_of(&copy, "ensure")
+        .args(["--dep", "alpha<2", "--json", "-v"])
+        .run()
+        .ok();
+    assert_eq!(run.status(), "installed");
+    assert!(
+        run.stderr.contains("dependency list changed"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_url_requirement_with_a_variable_is_parsed_again_on_every_run() {
+    // pep508 expands `${VAR}` in URLs: the same bytes name another wheel when VAR changes.
+    let w = World::new();
+    let wheel = |version: &str| w.wheels.join(format!("alpha-{version}-py3-none-any.whl"));
+    assert!(wheel("1.0").is_file() && wheel("2.0").is_file());
+    let dep = "alpha @ file://${PENV_GUARD_TEST_WHEEL}";
+    let run = |version: &str| {
+        w.ensure(&[dep])
+            .arg("--json")
+            .env("PENV_GUARD_TEST_WHEEL", wheel(version))
+            .run()
+            .ok()
+    };
+    assert_eq!(run("1.0").json()["installed"]["alpha"], "1.0");
+    assert_eq!(run("1.0").status(), "hit");
+    let changed = run("2.0");
+    assert_eq!(changed.status(), "installed");
+    assert_eq!(changed.json()["installed"]["alpha"], "2.0");
+}
+
+#[test]
 fn a_state_recorded_without_an_input_digest_compares_the_parsed_list() {
     let w = World::new();
     w.ensure(&["alpha<2"]).run().ok();

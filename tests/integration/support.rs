@@ -285,7 +285,12 @@ impl World {
     }
 
     pub fn cmd(&self, subcommand: &str) -> TestCommand {
-        let mut command = Command::new(BIN);
+        self.cmd_of(Path::new(BIN), subcommand)
+    }
+
+    /// [`World::cmd`] run by another copy of penv-guard.
+    pub fn cmd_of(&self, binary: &Path, subcommand: &str) -> TestCommand {
+        let mut command = Command::new(binary);
         command
             .arg(subcommand)
             .arg("--penv")
