@@ -6,7 +6,8 @@
 //!   `read_dir` and one `lstat` per child, sorted by name. SCons replaces `.sconsign*.dblite`
 //!   (tmp + rename) at the end of every build run of the env, including no-op and failed runs, so
 //!   every build moves the key, and so does clean (the directory disappears). An mtime set
-//!   backwards (a restored backup, `touch -d`) is a change too.
+//!   backwards (a restored backup, `touch -d`) is a change too. The cache stores the key's
+//!   SHA-256 ([`EnvKey::digest`]): the cached path reads one short string, not every stamp.
 //! - **The key is captured before and again after the walk.** If the two differ, the result is
 //!   reported but not trusted (`changed_during_walk`), so the next call walks again.
 //! - **Racy rule (git's "racy clean").** If any stamp is younger than [`RACY_WINDOW`] (2 s, which
@@ -101,6 +102,29 @@ pub struct EnvKey {
 }
 
 impl EnvKey {
+    /// What the cache stores: a SHA-256 of every stamp, in order (equal digests, equal keys).
+    pub fn digest(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        let mut hasher = Sha256::new();
+        let mut stamp = |name: &str, stamp: &Stamp| {
+            hasher.update((name.len() as u64).to_le_bytes());
+            hasher.update(name.as_bytes());
+            hasher.update([stamp.kind as u8]);
+            hasher.update(stamp.len.to_le_bytes());
+            hasher.update(stamp.mtime_ns.to_le_bytes());
+        };
+        stamp("", &self.dir);
+        for child in &self.children {
+            let child_stamp = Stamp {
+                kind: child.kind,
+                len: child.len,
+                mtime_ns: child.mtime_ns,
+            };
+            stamp(&child.name, &child_stamp);
+        }
+        hex::encode(hasher.finalize())
+    }
+
     fn newest_mtime_ns(&self) -> i64 {
         self.children
             .iter()
@@ -192,7 +216,7 @@ pub fn is_fresh(env_dir: &Path, cached: &Entry) -> bool {
     let resolved = resolve_env_dir(env_dir);
     cached.path == encode_os(resolved.as_os_str())
         && cached.trusted()
-        && cached.key == capture_key(&resolved)
+        && cached.key == capture_key(&resolved).as_ref().map(EnvKey::digest)
 }
 
 /// The size of `env_dir`, walked only when `cached` is not right for it any more.
@@ -217,7 +241,8 @@ pub fn refresh_with(
     let resolved = resolve_env_dir(env_dir);
     let path = encode_os(resolved.as_os_str());
     let before = capture_key(&resolved);
-    let same = cached.is_some_and(|c| c.path == path && c.key == before && c.trusted());
+    let digest = before.as_ref().map(EnvKey::digest);
+    let same = cached.is_some_and(|c| c.path == path && c.key == digest && c.trusted());
     let Some(key) = before else {
         // Missing: never walked, cleared to 0 once.
         return match cached {
@@ -235,7 +260,7 @@ pub fn refresh_with(
     Some(Entry {
         path,
         changed_during_walk: after.as_ref() != Some(&key),
-        key: Some(key),
+        key: digest,
         totals: result.totals,
         racy,
         walked_at_ns: now_ns,
