@@ -3,6 +3,7 @@
 //! only on a miss, under a cross-process lock.
 
 pub mod cli;
+pub mod dep_input;
 pub mod distinfo;
 pub mod ensure;
 pub mod error;

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use pep508_rs::pep440_rs::Version;
@@ -14,8 +13,6 @@ use pep508_rs::{MarkerEnvironment, Requirement, VersionOrUrl};
 
 use crate::cli::DepArgs;
 use crate::error::{Error, Result};
-use crate::state::Stamp;
-use sha2::{Digest as _, Sha256};
 
 /// pioarduino's `python_deps` for ESP32 builds, kept as data (`data/esp32-deps.json`).
 pub const DEFAULT_DEPS_JSON: &str = include_str!("../data/esp32-deps.json");
@@ -63,128 +60,6 @@ impl Dep {
     }
 }
 
-/// The dependency list as given, read but not yet parsed. `--deps-json` (a file, or stdin,
-/// which can be read only once) is read here; requirements files are read by [`DepInput::parse`],
-/// which follows their `-r` includes.
-#[derive(Debug, Clone)]
-pub struct DepInput {
-    requirement_files: Vec<PathBuf>,
-    dep: Vec<String>,
-    /// The text and where it came from.
-    deps_json: Option<(String, String)>,
-}
-
-impl DepInput {
-    pub fn read(args: &DepArgs) -> Result<DepInput> {
-        let deps_json = match &args.deps_json {
-            Some(path) if path.as_os_str() == "-" => {
-                let mut text = String::new();
-                std::io::stdin()
-                    .take(USER_FILE_CAP + 1)
-                    .read_to_string(&mut text)
-                    .map_err(|e| {
-                        Error::Usage(format!("cannot read --deps-json from stdin: {e}"))
-                    })?;
-                if text.len() as u64 > USER_FILE_CAP {
-                    return Err(Error::Usage(format!(
-                        "--deps-json from stdin is larger than {USER_FILE_CAP} bytes"
-                    )));
-                }
-                Some((text, "<stdin>".to_owned()))
-            }
-            Some(path) => {
-                let bytes = crate::fsutil::read_user_file(path, USER_FILE_CAP).map_err(|e| {
-                    Error::Usage(format!(
-                        "cannot read --deps-json {}: {}",
-                        path.display(),
-                        missing_as_not_found(&e)
-                    ))
-                })?;
-                let text = String::from_utf8(bytes).map_err(|_| {
-                    Error::Usage(format!("--deps-json {} is not UTF-8", path.display()))
-                })?;
-                Some((text, path.display().to_string()))
-            }
-            None => None,
-        };
-        Ok(DepInput {
-            requirement_files: args.requirement.clone(),
-            dep: args.dep.clone(),
-            deps_json,
-        })
-    }
-
-    /// A digest of the input as given, bound to the running binary (its inode, size and times):
-    /// equal digests mean the same bytes parsed by the same build, hence equal parsed lists. So
-    /// a hit compares the digest recorded in the state instead of parsing the list again. `None`
-    /// with requirements files (their includes are known only by parsing), or where the running
-    /// binary cannot be stat'ed.
-    pub fn digest(&self) -> Option<String> {
-        if !self.requirement_files.is_empty() {
-            return None;
-        }
-        let binary = own_binary()?;
-        let mut hasher = Sha256::new();
-        let mut field = |tag: u8, bytes: &[u8]| {
-            hasher.update([tag]);
-            hasher.update((bytes.len() as u64).to_le_bytes());
-            hasher.update(bytes);
-        };
-        field(b'v', env!("CARGO_PKG_VERSION").as_bytes());
-        field(b'b', &binary.ino.to_le_bytes());
-        field(b'b', &binary.size.to_le_bytes());
-        field(b'b', &binary.mtime_ns.to_le_bytes());
-        field(b'b', &binary.ctime_ns.to_le_bytes());
-        for dep in &self.dep {
-            field(b'd', dep.as_bytes());
-        }
-        match &self.deps_json {
-            Some((text, _)) => field(b'j', text.as_bytes()),
-            None if self.dep.is_empty() => field(b'e', DEFAULT_DEPS_JSON.as_bytes()),
-            None => {}
-        }
-        Some(hex::encode(hasher.finalize()))
-    }
-
-    pub fn parse(&self) -> Result<DepSet> {
-        let mut deps = Vec::new();
-        let mut sources = Vec::new();
-        for file in &self.requirement_files {
-            parse_requirements_file(file, &mut deps, 0)?;
-            sources.push(file.display().to_string());
-        }
-        for (index, text) in self.dep.iter().enumerate() {
-            deps.push(parse_requirement(text, &format!("--dep #{}", index + 1))?);
-        }
-        if !self.dep.is_empty() {
-            sources.push("--dep".to_owned());
-        }
-        if let Some((text, origin)) = &self.deps_json {
-            deps.extend(parse_deps_json(text, origin)?);
-            sources.push(origin.clone());
-        }
-        if sources.is_empty() {
-            let deps = parse_deps_json(DEFAULT_DEPS_JSON, "embedded default")?;
-            return DepSet::new(deps, "embedded ESP32 default".to_owned());
-        }
-        let source = sources.join(", ");
-        if deps.is_empty() {
-            return Err(Error::Usage(format!("no dependencies given in {source}")));
-        }
-        DepSet::new(deps, source)
-    }
-}
-
-/// The stamp of the running binary (on Linux `/proc/self/exe`, which names it even after it
-/// was replaced on disk).
-fn own_binary() -> Option<Stamp> {
-    #[cfg(target_os = "linux")]
-    let path = PathBuf::from("/proc/self/exe");
-    #[cfg(not(target_os = "linux"))]
-    let path = std::env::current_exe().ok()?;
-    Stamp::of(&path)
-}
-
 #[derive(Debug, Clone)]
 pub struct DepSet {
     deps: Vec<Dep>,
@@ -216,7 +91,7 @@ impl DepSet {
     }
 
     pub fn from_args(args: &DepArgs) -> Result<DepSet> {
-        DepInput::read(args)?.parse()
+        crate::dep_input::DepInput::read(args)?.parse()
     }
 
     /// Sorts, drops exact duplicates, rejects one name with two different requirements.
@@ -308,16 +183,20 @@ fn canonical(requirement: &Requirement) -> String {
 const MAX_INCLUDE_DEPTH: usize = 16;
 
 /// The most penv-guard reads of a requirements or deps JSON file (or stdin).
-const USER_FILE_CAP: u64 = 16 << 20;
+pub(crate) const USER_FILE_CAP: u64 = 16 << 20;
 
-fn missing_as_not_found(e: &crate::fsutil::ReadError) -> String {
+pub(crate) fn missing_as_not_found(e: &crate::fsutil::ReadError) -> String {
     match e {
         crate::fsutil::ReadError::Missing => "no such file".to_owned(),
         other => other.to_string(),
     }
 }
 
-fn parse_requirements_file(path: &Path, deps: &mut Vec<Dep>, depth: usize) -> Result<()> {
+pub(crate) fn parse_requirements_file(
+    path: &Path,
+    deps: &mut Vec<Dep>,
+    depth: usize,
+) -> Result<()> {
     let bytes = crate::fsutil::read_user_file(path, USER_FILE_CAP).map_err(|e| {
         Error::Usage(format!(
             "cannot read requirements file {}: {}",
@@ -548,35 +427,6 @@ mod tests {
             let err = parse_deps_json(text, "t").unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
-    }
-
-    fn input(dep: &[&str], requirement: &[&str]) -> DepInput {
-        DepInput::read(&DepArgs {
-            dep: dep.iter().map(|d| (*d).to_owned()).collect(),
-            requirement: requirement.iter().map(PathBuf::from).collect(),
-            ..DepArgs::default()
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn the_input_digest_changes_with_every_byte_and_is_absent_for_requirements_files() {
-        let digest = |dep: &[&str]| input(dep, &[]).digest().unwrap();
-        assert_eq!(digest(&["a>=1", "b"]), digest(&["a>=1", "b"]));
-        assert_ne!(digest(&["a>=1", "b"]), digest(&["a>=2", "b"]));
-        // Another order or spelling is another digest (the parsed lists are then compared).
-        assert_ne!(digest(&["a>=1", "b"]), digest(&["b", "a>=1"]));
-        assert_ne!(
-            digest(&["ab"]),
-            digest(&["a", "b"]),
-            "fields are length-framed"
-        );
-        assert_ne!(
-            digest(&[]),
-            digest(&["a"]),
-            "the embedded default is an input too"
-        );
-        assert_eq!(input(&["a"], &["reqs.txt"]).digest(), None);
     }
 
     #[test]

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{DepArgs, PenvArgs};
+use crate::dep_input::DepInput;
 use crate::error::{Error, Result};
 use crate::penv::{self, Penv};
-use crate::requirements::{Dep, DepInput, DepSet};
+use crate::requirements::{Dep, DepSet};
 use crate::state::{
     self, ESPTOOL_PREFIX, Loaded, Request, Stamp, StampRoot, Stamps, State, path_text,
 };
