@@ -221,6 +221,15 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// `words` parsed by the subcommand alone (`ensure` or `size`, as `words[0]` says).
+    fn alone(words: &[&str]) -> Option<Command> {
+        let argv = argv(words);
+        match words[0] {
+            "ensure" => parse_alone::<EnsureArgs>("ensure", &argv).map(Command::Ensure),
+            _ => parse_alone::<SizeArgs>("size", &argv).map(Command::Size),
+        }
+    }
+
     fn argv(words: &[&str]) -> Vec<std::ffi::OsString> {
         std::iter::once("penv-guard")
             .chain(words.iter().copied())
@@ -292,13 +301,9 @@ mod tests {
             ],
             &["size", "--refresh", "--refresh", "--project-dir=q"],
         ] {
-            let alone = match words[0] {
-                "ensure" => parse_alone::<EnsureArgs>("ensure", &argv(words)).map(Command::Ensure),
-                _ => parse_alone::<SizeArgs>("size", &argv(words)).map(Command::Size),
-            };
             let whole = Cli::try_parse_from(argv(words)).unwrap().command;
             assert_eq!(
-                format!("{alone:?}"),
+                format!("{:?}", alone(words)),
                 format!("{:?}", Some(whole)),
                 "{words:?}"
             );
@@ -316,11 +321,7 @@ mod tests {
             &["size", "--help"],
             &["size", "--penv", "x"],
         ] {
-            let alone = match words[0] {
-                "ensure" => parse_alone::<EnsureArgs>("ensure", &argv(words)).map(|_| ()),
-                _ => parse_alone::<SizeArgs>("size", &argv(words)).map(|_| ()),
-            };
-            assert!(alone.is_none(), "{words:?}");
+            assert!(alone(words).is_none(), "{words:?}");
             assert!(Cli::try_parse_from(argv(words)).is_err(), "{words:?}");
         }
     }

@@ -287,7 +287,7 @@ pub fn ctime_ns(m: &fs::Metadata) -> i64 {
 }
 
 #[cfg(unix)]
-fn seconds_and_nanos(seconds: i64, nanos: i64) -> i64 {
+pub fn seconds_and_nanos(seconds: i64, nanos: i64) -> i64 {
     seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 

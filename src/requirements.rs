@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use pep508_rs::pep440_rs::Version;
 use pep508_rs::{MarkerEnvironment, Requirement, VersionOrUrl};
 
-use crate::cli::DepArgs;
 use crate::error::{Error, Result};
 
 /// pioarduino's `python_deps` for ESP32 builds, kept as data (`data/esp32-deps.json`).
@@ -88,10 +87,6 @@ impl DepSet {
             let _ = writeln!(out, "{}", dep.canonical);
             out
         })
-    }
-
-    pub fn from_args(args: &DepArgs) -> Result<DepSet> {
-        crate::dep_input::DepInput::read(args)?.parse()
     }
 
     /// Sorts, drops exact duplicates, rejects one name with two different requirements.

@@ -96,9 +96,7 @@ impl<'a> StampRoot<'a> {
         {
             let stat = rustix::fs::statat(dir, relative, rustix::fs::AtFlags::empty()).ok()?;
             let ns = |seconds: i64, nanos: u64| {
-                seconds
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(i64::try_from(nanos).unwrap_or(0))
+                fsutil::seconds_and_nanos(seconds, i64::try_from(nanos).unwrap_or(0))
             };
             return Some(Stamp {
                 ino: stat.st_ino,

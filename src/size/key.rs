@@ -106,21 +106,16 @@ impl EnvKey {
     pub fn digest(&self) -> String {
         use sha2::{Digest as _, Sha256};
         let mut hasher = Sha256::new();
-        let mut stamp = |name: &str, stamp: &Stamp| {
+        let mut stamp = |name: &str, kind: Kind, len: u64, mtime_ns: i64| {
             hasher.update((name.len() as u64).to_le_bytes());
             hasher.update(name.as_bytes());
-            hasher.update([stamp.kind as u8]);
-            hasher.update(stamp.len.to_le_bytes());
-            hasher.update(stamp.mtime_ns.to_le_bytes());
+            hasher.update([kind as u8]);
+            hasher.update(len.to_le_bytes());
+            hasher.update(mtime_ns.to_le_bytes());
         };
-        stamp("", &self.dir);
+        stamp("", self.dir.kind, self.dir.len, self.dir.mtime_ns);
         for child in &self.children {
-            let child_stamp = Stamp {
-                kind: child.kind,
-                len: child.len,
-                mtime_ns: child.mtime_ns,
-            };
-            stamp(&child.name, &child_stamp);
+            stamp(&child.name, child.kind, child.len, child.mtime_ns);
         }
         hex::encode(hasher.finalize())
     }
