@@ -20,7 +20,8 @@ use crate::messages;
 use crate::penv::{self, Occupant};
 use crate::phases::Phases;
 use crate::process::{self, Stderr};
-use crate::state::{self, HostPython, Stamp, State, path_serde, path_text};
+use crate::stamp::{self, Stamp};
+use crate::state::{self, HostPython, State, StateOf, StateText, path_serde, path_text};
 use crate::uv::{self, InstallRequest};
 use crate::validate::{self, Checked};
 use crate::verdict::{self, Context, MissReason, Verdict};
@@ -44,14 +45,24 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
         install_timeout,
     };
     let mut phases = Phases::new(start);
-    let verdict = verdict::decide(&run.ctx, state::load(&run.ctx.penv.state_path()))?;
+    let file = state::read(&run.ctx.penv.state_path());
+    if !args.verify
+        && let Some(recorded) = verdict::hit(&run.ctx, &file)?
+    {
+        phases.end("check");
+        run.report("hit", None, &recorded, phases);
+        return Ok(());
+    }
+    let verdict = verdict::decide(&run.ctx, file.load())?;
     phases.end("check");
     let reason = match verdict {
-        Verdict::Hit(state) if !args.verify => {
-            run.report("hit", None, &state, phases);
+        Verdict::Hit(_) if args.verify => MissReason::Verify,
+        // A file that parses as a `State` also parses as its `Recorded` (a state test checks
+        // it), so `verdict::hit` has answered this already; handled all the same.
+        Verdict::Hit(state) => {
+            run.report("hit", None, &*state, phases);
             return Ok(());
         }
-        Verdict::Hit(_) => MissReason::Verify,
         Verdict::Miss(reason, _) => reason,
     };
     tracing::info!("miss: {reason}");
@@ -448,7 +459,7 @@ impl Run<'_> {
             fingerprint: fingerprint_input.hash(),
             fingerprint_input,
             request: ctx.request()?,
-            racy_window_ns: state::racy_window_ns(&stamps),
+            racy_window_ns: stamp::racy_window_ns(&stamps),
             stamps,
             recorded_at_ns,
             host_python,
@@ -465,11 +476,11 @@ impl Run<'_> {
         Ok(state)
     }
 
-    fn report(
+    fn report<T: StateText>(
         &self,
         status: &'static str,
         reason: Option<&MissReason>,
-        state: &State,
+        state: &StateOf<T>,
         phases: Phases,
     ) {
         let timings_ms = phases.total();
@@ -494,14 +505,14 @@ impl Run<'_> {
         let report = EnsureReport {
             status,
             reason: reason.map(ToString::to_string),
-            fingerprint: &state.fingerprint,
+            fingerprint: state.fingerprint.as_ref(),
             penv: &ctx.penv.root,
             python: ctx.penv.python(),
             esptool: ctx.penv.esptool(),
             certifi: state.facts.get("certifi_bundle"),
             uv: uv.is_file().then_some(uv),
             offline: self.offline,
-            python_version: &state.python_version,
+            python_version: state.python_version.as_ref(),
             installed: &state.installed,
             modules: &state.modules,
             facts: &state.facts,
@@ -513,7 +524,7 @@ impl Run<'_> {
 }
 
 #[derive(Debug, Serialize)]
-struct EnsureReport<'a> {
+struct EnsureReport<'a, T> {
     status: &'static str,
     reason: Option<String>,
     fingerprint: &'a str,
@@ -524,14 +535,14 @@ struct EnsureReport<'a> {
     /// `<penv>/bin/esptool`, as pioarduino's setup returns it.
     #[serde(serialize_with = "path_serde::serialize")]
     esptool: PathBuf,
-    certifi: Option<&'a String>,
+    certifi: Option<&'a T>,
     #[serde(serialize_with = "path_serde::option")]
     uv: Option<PathBuf>,
     offline: bool,
     python_version: &'a str,
-    installed: &'a BTreeMap<String, String>,
-    modules: &'a BTreeMap<String, Vec<String>>,
-    facts: &'a BTreeMap<String, String>,
+    installed: &'a BTreeMap<T, T>,
+    modules: &'a BTreeMap<T, Vec<T>>,
+    facts: &'a BTreeMap<T, T>,
     /// With `--project-dir` and `--env`: that environment's entry of the size cache (no walk).
     #[serde(skip_serializing_if = "Option::is_none")]
     build_size: Option<&'a crate::size::EnvReport>,

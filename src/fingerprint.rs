@@ -66,7 +66,7 @@ pub fn input(
         .map(Path::to_path_buf)
         .or_else(|| std::fs::canonicalize(ctx.penv.python()).ok());
     Ok(FingerprintInput {
-        schema: state::SCHEMA,
+        schema: state::FINGERPRINT_SCHEMA,
         deps: ctx.deps()?.canonical_lines(),
         python_version,
         interpreter: interpreter.as_deref().map(path_text),

@@ -20,6 +20,7 @@ pub mod platform_edits;
 pub mod process;
 pub mod requirements;
 pub mod size;
+pub mod stamp;
 pub mod state;
 pub mod status;
 #[cfg(feature = "test-hooks")]

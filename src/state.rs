@@ -16,6 +16,7 @@
 //! - uv is not part of what a hit compares: which uv installed the packages does not change
 //!   whether they satisfy the list.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,158 +26,15 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Follow, ReadError};
-use crate::markers::MarkerValues;
+use crate::stamp::Stamp;
 
-pub const SCHEMA: u32 = 2;
+/// The state file's format. 3: stamps as `[ino, size, mtime_ns, ctime_ns]` arrays, the file
+/// compact (a hit reads it all); a state of another schema is a miss.
+pub const SCHEMA: u32 = 3;
 
-/// The window used where the filesystem's timestamp granularity cannot be measured (FAT).
-pub const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
-
-/// The build-size cache's racy window (see `size`): FAT's granularity, the coarsest there is. A
-/// racy size only costs one more walk, so it is not measured as the penv's window is.
-pub const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamp {
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-}
-
-impl Stamp {
-    /// The stamp of what `path` names, following symlinks (an interpreter link is stamped by the
-    /// binary it points to).
-    pub fn of(path: &Path) -> Option<Stamp> {
-        fs::metadata(path).ok().map(|m| Stamp::from_metadata(&m))
-    }
-
-    pub fn from_metadata(m: &fs::Metadata) -> Stamp {
-        Stamp {
-            ino: inode(m),
-            size: m.len(),
-            mtime_ns: fsutil::mtime_ns(m),
-            ctime_ns: fsutil::ctime_ns(m),
-        }
-    }
-
-    fn newest_ns(&self) -> i64 {
-        self.mtime_ns.max(self.ctime_ns)
-    }
-}
-
-/// A directory whose parts are stamped by their path relative to it. On Linux it is opened once
-/// (`O_PATH`) and each part is stat'ed relative to it, which spares joining and walking the
-/// directory's own path for each of a hit's dozens of parts; elsewhere, or where it cannot be
-/// opened, paths are joined. Either way a stamp is what [`Stamp::of`] gives for the joined path.
-pub struct StampRoot<'a> {
-    path: &'a Path,
-    #[cfg(target_os = "linux")]
-    dir: Option<std::os::fd::OwnedFd>,
-}
-
-impl<'a> StampRoot<'a> {
-    pub fn open(path: &'a Path) -> StampRoot<'a> {
-        StampRoot {
-            path,
-            #[cfg(target_os = "linux")]
-            dir: {
-                use rustix::fs::{Mode, OFlags};
-                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-                rustix::fs::open(path, flags, Mode::empty()).ok()
-            },
-        }
-    }
-
-    /// The stamp of `relative` (following symlinks, as [`Stamp::of`] does).
-    pub fn stamp(&self, relative: &str) -> Option<Stamp> {
-        #[cfg(target_os = "linux")]
-        if let Some(dir) = &self.dir
-            && !relative.is_empty()
-        {
-            let stat = rustix::fs::statat(dir, relative, rustix::fs::AtFlags::empty()).ok()?;
-            let ns = |seconds: i64, nanos: u64| {
-                fsutil::seconds_and_nanos(seconds, i64::try_from(nanos).unwrap_or(0))
-            };
-            return Some(Stamp {
-                ino: stat.st_ino,
-                size: u64::try_from(stat.st_size).unwrap_or(0),
-                mtime_ns: ns(stat.st_mtime, stat.st_mtime_nsec),
-                ctime_ns: ns(stat.st_ctime, stat.st_ctime_nsec),
-            });
-        }
-        Stamp::of(&self.path.join(relative))
-    }
-}
-
-#[cfg(unix)]
-fn inode(m: &fs::Metadata) -> u64 {
-    std::os::unix::fs::MetadataExt::ino(m)
-}
-
-#[cfg(not(unix))]
-fn inode(_: &fs::Metadata) -> u64 {
-    0
-}
-
-/// The stamped parts, by name: a path relative to the penv (`pyvenv.cfg`, `bin/python`,
-/// `lib/python3.11/site-packages/yaml`), or `esptool-dir:<file>` for the editable esptool
-/// project's files. `None` records that the part did not exist.
-pub type Stamps = BTreeMap<String, Option<Stamp>>;
-
-pub const ESPTOOL_PREFIX: &str = "esptool-dir:";
-
-/// Parts that changed within `window_ns` before `at_ns`: a later change in the same timestamp
-/// tick would leave their stamp unchanged (git's "racy clean" entries).
-pub fn racy_parts(stamps: &Stamps, at_ns: i64, window_ns: i64) -> Vec<String> {
-    stamps
-        .iter()
-        .filter(|(_, stamp)| stamp.is_some_and(|s| is_racy(s.newest_ns(), at_ns, window_ns)))
-        .map(|(name, _)| name.clone())
-        .collect()
-}
-
-/// Whether a timestamp `changed_ns` lies within `window_ns` before `at_ns` (or after it): the
-/// one racy rule, for the penv's stamps and the build-size keys alike.
-pub fn is_racy(changed_ns: i64, at_ns: i64, window_ns: i64) -> bool {
-    changed_ns > at_ns.saturating_sub(window_ns)
-}
-
-/// The racy window for these stamps: twice the coarser of the kernel's timestamp tick and the
-/// granularity the filesystem showed in the timestamps just read (all whole seconds on FAT or
-/// ext3, nanoseconds on ext4, btrfs, xfs, tmpfs, APFS).
-pub fn racy_window_ns(stamps: &Stamps) -> i64 {
-    let times: Vec<i64> = stamps
-        .values()
-        .flatten()
-        .flat_map(|s| [s.mtime_ns, s.ctime_ns])
-        .collect();
-    if times.is_empty() {
-        return COARSE_RACY_WINDOW_NS;
-    }
-    let mut granularity: i64 = 1;
-    while granularity < 1_000_000_000 && times.iter().all(|t| t % (granularity * 10) == 0) {
-        granularity *= 10;
-    }
-    if granularity >= 1_000_000_000 {
-        return COARSE_RACY_WINDOW_NS;
-    }
-    2 * granularity.max(timestamp_tick_ns())
-}
-
-#[cfg(target_os = "linux")]
-fn timestamp_tick_ns() -> i64 {
-    let res = rustix::time::clock_getres(rustix::time::ClockId::RealtimeCoarse);
-    res.tv_sec
-        .saturating_mul(1_000_000_000)
-        .saturating_add(res.tv_nsec)
-        .clamp(1, COARSE_RACY_WINDOW_NS)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn timestamp_tick_ns() -> i64 {
-    10_000_000
-}
+/// The fingerprint input's format, which a changed state format need not change (the
+/// fingerprint is a CI cache key).
+pub const FINGERPRINT_SCHEMA: u32 = 2;
 
 /// A path as text for the state and the fingerprint. Valid UTF-8 stays as it is; other bytes are
 /// written as `\xNN` (and a backslash as `\\`), so distinct paths stay distinct and serializing
@@ -235,21 +93,32 @@ pub mod path_serde {
     }
 }
 
+/// The state's types are generic over how they hold their strings, `T`: `String` ([`State`]:
+/// built by an install, loaded by a miss and by `status`) or [`Text`] borrowed from the file's
+/// bytes ([`Recorded`]: what a hit reads, without allocating its strings). One definition, so
+/// both accept exactly the same files.
+pub trait StateText: AsRef<str> + Ord + std::borrow::Borrow<str> + Serialize {}
+
+impl StateText for String {}
+impl StateText for Text<'_> {}
+
 /// The CI cache key's inputs: the same on every machine with the same dependency list, Python
 /// version and OS, and the same core dir path. Nothing machine-local (no uv, no inode, no time).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FingerprintInput {
+pub struct FingerprintInputOf<T> {
     pub schema: u32,
-    pub deps: Vec<String>,
-    pub python_version: Option<String>,
+    pub deps: Vec<T>,
+    pub python_version: Option<T>,
     /// Real path of the penv's base interpreter.
-    pub interpreter: Option<String>,
+    pub interpreter: Option<T>,
     /// Real path of the penv.
-    pub penv: String,
-    pub esptool_dir: Option<String>,
-    pub os: String,
-    pub arch: String,
+    pub penv: T,
+    pub esptool_dir: Option<T>,
+    pub os: T,
+    pub arch: T,
 }
+
+pub type FingerprintInput = FingerprintInputOf<String>;
 
 impl FingerprintInput {
     pub fn hash(&self) -> String {
@@ -260,53 +129,80 @@ impl FingerprintInput {
 
 /// What was asked for, compared field by field on the hot path (no hashing of files needed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    pub deps: Vec<String>,
-    /// The digest of the dependency list as given ([`crate::requirements::DepInput::digest`]):
+pub struct RequestOf<T> {
+    pub deps: Vec<T>,
+    /// The digest of the dependency list as given ([`crate::dep_input::DepInput::digest`]):
     /// when it is unchanged, a hit does not parse the list again. Absent for a list from `-r`
     /// files or with a URL (parsing expands `${VAR}` and relative paths in it).
-    #[serde(default)]
-    pub deps_input: Option<String>,
-    pub esptool_dir: Option<String>,
+    #[serde(default = "Option::default")]
+    pub deps_input: Option<T>,
+    pub esptool_dir: Option<T>,
     /// The penv path as given (absolute, not resolved); a different spelling is resolved once.
-    pub penv: String,
-    pub os: String,
-    pub arch: String,
+    pub penv: T,
+    pub os: T,
+    pub arch: T,
 }
+
+pub type Request = RequestOf<String>;
 
 /// The host Python the penv was checked against (only with an explicit `--python`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostPython {
-    pub path: String,
+pub struct HostPythonOf<T> {
+    pub path: T,
     pub stamp: Option<Stamp>,
-    pub version: String,
+    pub version: T,
 }
 
+pub type HostPython = HostPythonOf<String>;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct State {
+#[serde(bound(deserialize = "T: Deserialize<'de> + Ord"))]
+pub struct StateOf<T> {
     pub schema: u32,
-    pub fingerprint: String,
-    pub fingerprint_input: FingerprintInput,
-    pub request: Request,
-    pub stamps: Stamps,
+    pub fingerprint: T,
+    pub fingerprint_input: FingerprintInputOf<T>,
+    pub request: RequestOf<T>,
+    pub stamps: BTreeMap<T, Option<Stamp>>,
     pub racy_window_ns: i64,
     pub recorded_at_ns: i64,
-    pub host_python: Option<HostPython>,
-    pub python_version: String,
+    pub host_python: Option<HostPythonOf<T>>,
+    pub python_version: T,
     /// The penv interpreter's own PEP 508 marker values; markers are evaluated with these.
-    pub marker_env: MarkerValues,
-    pub uv_version: Option<String>,
+    pub marker_env: BTreeMap<T, T>,
+    pub uv_version: Option<T>,
     /// Normalized name → installed version, for every requirement that applies.
-    pub installed: BTreeMap<String, String>,
+    pub installed: BTreeMap<T, T>,
     /// Normalized name → validated top-level modules.
-    pub modules: BTreeMap<String, Vec<String>>,
+    pub modules: BTreeMap<T, Vec<T>>,
     /// Phase → milliseconds, of the run that wrote this state (an install or a re-check).
-    pub timings_ms: BTreeMap<String, f64>,
+    pub timings_ms: BTreeMap<T, f64>,
     /// Phase → milliseconds of the last install; a re-check carries it over.
-    #[serde(default)]
-    pub install_timings_ms: BTreeMap<String, f64>,
-    #[serde(default)]
-    pub facts: BTreeMap<String, String>,
+    #[serde(default = "BTreeMap::new")]
+    pub install_timings_ms: BTreeMap<T, f64>,
+    #[serde(default = "BTreeMap::new")]
+    pub facts: BTreeMap<T, T>,
+}
+
+pub type State = StateOf<String>;
+
+/// A state as a hit reads it: its strings borrowed from the file's bytes.
+pub type Recorded<'a> = StateOf<Text<'a>>;
+
+/// A string of the state file: borrowed from its bytes unless it holds an escape.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+impl AsRef<str> for Text<'_> {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Text<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -326,19 +222,52 @@ impl Loaded {
     }
 }
 
+/// The state file as read: its bytes, or why there are none.
+pub enum StateFile {
+    Missing,
+    Unreadable(String),
+    Read(Vec<u8>),
+}
+
 /// Reads the state file as penv-guard's own file: no symlink followed, nothing but a regular
 /// file read, at most [`fsutil::OWN_FILE_CAP`] bytes. Anything else is a miss.
-pub fn load(path: &Path) -> Loaded {
+pub fn read(path: &Path) -> StateFile {
     match fsutil::read_capped(path, fsutil::OWN_FILE_CAP, Follow::Never) {
-        Ok(bytes) => parse(&bytes),
-        Err(ReadError::Missing) => Loaded::Missing,
-        Err(e) => Loaded::Corrupt(e.to_string()),
+        Ok(bytes) => StateFile::Read(bytes),
+        Err(ReadError::Missing) => StateFile::Missing,
+        Err(e) => StateFile::Unreadable(e.to_string()),
     }
 }
 
+impl StateFile {
+    /// What a hit reads, straight from the bytes; `None` when they are not this schema's state
+    /// ([`StateFile::load`] says why).
+    pub fn recorded(&self) -> Option<Recorded<'_>> {
+        let StateFile::Read(bytes) = self else {
+            return None;
+        };
+        serde_json::from_slice::<Recorded>(bytes)
+            .ok()
+            .filter(|recorded| recorded.schema == SCHEMA)
+    }
+
+    /// The whole state.
+    pub fn load(&self) -> Loaded {
+        match self {
+            StateFile::Missing => Loaded::Missing,
+            StateFile::Unreadable(why) => Loaded::Corrupt(why.clone()),
+            StateFile::Read(bytes) => parse(bytes),
+        }
+    }
+}
+
+pub fn load(path: &Path) -> Loaded {
+    read(path).load()
+}
+
 pub fn parse(bytes: &[u8]) -> Loaded {
-    // The hit path: one pass straight into `State`. Only a file that does not parse as this
-    // schema's state is read a second time, to say why.
+    // One pass straight into `State`. Only a file that does not parse as this schema's state is
+    // read a second time, to say why.
     if let Ok(state) = serde_json::from_slice::<State>(bytes)
         && state.schema == SCHEMA
     {
@@ -383,7 +312,7 @@ pub fn invalidate(path: &Path) -> Result<Option<PathBuf>> {
 }
 
 pub fn store(path: &Path, state: &State) -> Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| {
+    let mut bytes = serde_json::to_vec(state).map_err(|e| {
         Error::io(
             "serialize the state for",
             path,
@@ -397,21 +326,12 @@ pub fn store(path: &Path, state: &State) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stamp::tests::stamp;
     use proptest::prelude::*;
-
-    #[allow(clippy::unnecessary_wraps)] // a recorded part, which may be None
-    fn stamp(mtime_ns: i64) -> Option<Stamp> {
-        Some(Stamp {
-            ino: 1,
-            size: 2,
-            mtime_ns,
-            ctime_ns: mtime_ns,
-        })
-    }
 
     fn sample() -> State {
         let input = FingerprintInput {
-            schema: SCHEMA,
+            schema: FINGERPRINT_SCHEMA,
             deps: vec!["rich>=14".into()],
             python_version: Some("3.11.7".into()),
             interpreter: Some("/usr/bin/python3.11".into()),
@@ -448,34 +368,6 @@ mod tests {
     }
 
     #[test]
-    fn a_stamp_relative_to_a_stamp_root_is_the_stamp_of_the_joined_path() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        fs::create_dir_all(root.join("lib/site")).unwrap();
-        fs::write(root.join("lib/site/mod.py"), b"x = 1").unwrap();
-        #[cfg(unix)]
-        std::os::unix::fs::symlink("site/mod.py", root.join("lib/link")).unwrap();
-        let stamps = StampRoot::open(root);
-        for relative in [
-            "lib/site/mod.py",
-            "lib/site",
-            "lib/link",
-            "lib/../lib/site",
-            "gone",
-            "",
-        ] {
-            assert_eq!(
-                stamps.stamp(relative),
-                Stamp::of(&root.join(relative)),
-                "{relative:?}"
-            );
-        }
-        assert!(stamps.stamp("lib/link").is_some_and(|s| s.size == 5));
-        let missing = StampRoot::open(Path::new("/nonexistent/penv-guard"));
-        assert_eq!(missing.stamp("pyvenv.cfg"), None);
-    }
-
-    #[test]
     fn state_round_trips_through_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
@@ -486,11 +378,11 @@ mod tests {
     #[test]
     fn corrupt_or_foreign_state_is_a_miss_not_an_error() {
         assert!(matches!(parse(b""), Loaded::Corrupt(_)));
-        assert!(matches!(parse(b"{\"schema\": 2"), Loaded::Corrupt(_)));
+        assert!(matches!(parse(b"{\"schema\": 3"), Loaded::Corrupt(_)));
         assert!(matches!(parse(b"[1,2]"), Loaded::Corrupt(_)));
-        assert!(matches!(parse(b"{\"schema\": 2}"), Loaded::Corrupt(_)));
+        assert!(matches!(parse(b"{\"schema\": 3}"), Loaded::Corrupt(_)));
         assert_eq!(parse(b"{\"schema\": 99}"), Loaded::UnknownSchema(99));
-        assert_eq!(parse(b"{\"schema\": 1}"), Loaded::UnknownSchema(1));
+        assert_eq!(parse(b"{\"schema\": 2}"), Loaded::UnknownSchema(2));
         let full = serde_json::to_vec(&sample()).unwrap();
         assert!(matches!(parse(&full[..full.len() / 2]), Loaded::Corrupt(_)));
     }
@@ -511,41 +403,6 @@ mod tests {
         assert_eq!(base.hash().len(), 64);
     }
 
-    #[test]
-    fn racy_parts_are_those_changed_within_the_window() {
-        let stamps = sample().stamps;
-        assert_eq!(
-            racy_parts(&stamps, 3_130_000_000, 8_000_000),
-            ["pyvenv.cfg"]
-        );
-        assert!(racy_parts(&stamps, 3_200_000_000, 8_000_000).is_empty());
-    }
-
-    #[test]
-    fn racy_window_follows_the_filesystems_granularity() {
-        let fine: Stamps = [
-            ("a", 1_700_000_000_123_456_789),
-            ("b", 1_700_000_001_987_654_321),
-        ]
-        .into_iter()
-        .map(|(k, t)| (k.to_owned(), stamp(t)))
-        .collect();
-        let window = racy_window_ns(&fine);
-        assert!(
-            window < 100_000_000,
-            "ns timestamps: a tick-sized window, got {window}"
-        );
-        let whole_seconds: Stamps = [
-            ("a", 1_700_000_000_000_000_000),
-            ("b", 1_700_000_002_000_000_000),
-        ]
-        .into_iter()
-        .map(|(k, t)| (k.to_owned(), stamp(t)))
-        .collect();
-        assert_eq!(racy_window_ns(&whole_seconds), COARSE_RACY_WINDOW_NS);
-        assert_eq!(racy_window_ns(&Stamps::new()), COARSE_RACY_WINDOW_NS);
-    }
-
     #[cfg(unix)]
     #[test]
     fn non_utf8_paths_keep_distinct_text() {
@@ -557,6 +414,46 @@ mod tests {
         assert_ne!(path_text(Path::new("/tmp/b\\xff/uv")), path_text(a));
     }
 
+    fn json(state: &impl Serialize) -> serde_json::Value {
+        serde_json::to_value(state).unwrap()
+    }
+
+    #[test]
+    fn a_hit_reads_the_file_as_the_state_it_was_written_from_with_its_strings_borrowed() {
+        let mut state = sample();
+        state
+            .facts
+            .insert("certifi_bundle".into(), "/p/cacert.pem".into());
+        state.request.esptool_dir = Some("C:\\esptool \"dir\"".into());
+        let file = StateFile::Read(serde_json::to_vec_pretty(&state).unwrap());
+        let recorded = file.recorded().unwrap();
+        assert_eq!(json(&recorded), json(&state));
+        assert!(matches!(recorded.request.penv.0, Cow::Borrowed(_)));
+        assert!(matches!(recorded.fingerprint.0, Cow::Borrowed(_)));
+        let esptool_dir = recorded.request.esptool_dir.as_ref().unwrap();
+        assert_eq!(esptool_dir.as_ref(), "C:\\esptool \"dir\"");
+        assert!(
+            matches!(esptool_dir.0, Cow::Owned(_)),
+            "an escape is unescaped"
+        );
+    }
+
+    #[test]
+    fn a_state_of_another_schema_or_missing_a_field_is_no_hit() {
+        let mut state = sample();
+        state.schema = SCHEMA + 1;
+        let bytes = serde_json::to_vec(&state).unwrap();
+        assert_eq!(StateFile::Read(bytes).recorded(), None);
+        for field in ["installed", "marker_env", "timings_ms", "stamps", "request"] {
+            let mut value = serde_json::to_value(sample()).unwrap();
+            value.as_object_mut().unwrap().remove(field);
+            let file = StateFile::Read(serde_json::to_vec(&value).unwrap());
+            assert_eq!(file.recorded(), None, "{field}");
+            assert!(matches!(file.load(), Loaded::Corrupt(_)), "{field}");
+        }
+        assert_eq!(StateFile::Missing.recorded(), None);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_state_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
@@ -564,11 +461,15 @@ mod tests {
         }
 
         #[test]
-        fn written_state_reads_back_unchanged(version in "[0-9]{1,3}(\\.[0-9]{1,3}){0,3}", ms in 0.0f64..1e6) {
+        fn written_state_reads_back_unchanged(version in "[0-9]{1,3}(\\.[0-9]{1,3}){0,3}", ms in 0.0f64..1e6, text in any::<String>()) {
             let mut state = sample();
             state.installed.insert("x".into(), version);
+            state.stamps.insert(text.clone(), None);
+            state.request.penv.clone_from(&text);
             state.timings_ms.insert("validate".into(), ms);
             let bytes = serde_json::to_vec(&state).unwrap();
+            let file = StateFile::Read(bytes.clone());
+            prop_assert_eq!(file.recorded().map(|r| json(&r)), Some(json(&state)));
             prop_assert_eq!(parse(&bytes), Loaded::Valid(Box::new(state)));
         }
     }

@@ -4,6 +4,7 @@
 //! differently than when recorded), no subprocess, no lock. The dependency list is parsed only
 //! when the digest of its input differs from the recorded one.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -13,8 +14,10 @@ use crate::dep_input::DepInput;
 use crate::error::{Error, Result};
 use crate::penv::{self, Penv};
 use crate::requirements::{Dep, DepSet};
+use crate::stamp::{self, ESPTOOL_PREFIX, Stamp, StampRoot, Stamps};
 use crate::state::{
-    self, ESPTOOL_PREFIX, Loaded, Request, Stamp, StampRoot, Stamps, State, path_text,
+    HostPythonOf, Loaded, Recorded, Request, RequestOf, State, StateFile, StateOf, StateText,
+    path_text,
 };
 
 /// The editable esptool project's files whose change (PlatformIO updating tool-esptoolpy in
@@ -108,17 +111,28 @@ impl Context {
 
     /// How the dependency list differs from the recorded one, if it does. Equal input digests
     /// settle it without parsing.
-    fn deps_change(&self, recorded: &Request) -> Result<Option<MissReason>> {
-        if recorded.deps_input.is_some() && recorded.deps_input == self.deps_digest {
+    fn deps_change<T: StateText>(&self, recorded: &RequestOf<T>) -> Result<Option<MissReason>> {
+        if let (Some(old), Some(now)) = (&recorded.deps_input, &self.deps_digest)
+            && old.as_ref() == now
+        {
             return Ok(None);
         }
-        let (old, new) = (&recorded.deps, self.deps()?.canonical_lines());
-        if *old == new {
+        let old: Vec<&str> = recorded.deps.iter().map(AsRef::as_ref).collect();
+        let new = self.deps()?.canonical_lines();
+        if old == new {
             return Ok(None);
         }
         Ok(Some(MissReason::DepsChanged {
-            added: new.iter().filter(|d| !old.contains(d)).cloned().collect(),
-            removed: old.iter().filter(|d| !new.contains(d)).cloned().collect(),
+            added: new
+                .iter()
+                .filter(|d| !old.contains(&d.as_str()))
+                .cloned()
+                .collect(),
+            removed: old
+                .iter()
+                .filter(|d| !new.iter().any(|n| n == *d))
+                .map(|d| (*d).to_owned())
+                .collect(),
         }))
     }
 
@@ -154,12 +168,12 @@ impl Context {
     }
 
     /// The recorded parts whose stamps differ now.
-    fn changed_parts(&self, recorded: &Stamps) -> Vec<String> {
+    fn changed_parts<T: StateText>(&self, recorded: &BTreeMap<T, Option<Stamp>>) -> Vec<String> {
         let penv = StampRoot::open(&self.penv.root);
         recorded
             .iter()
-            .filter(|(key, stamp)| self.stamp_now(&penv, key) != **stamp)
-            .map(|(key, _)| key.clone())
+            .filter(|(key, stamp)| self.stamp_now(&penv, key.as_ref()) != **stamp)
+            .map(|(key, _)| key.as_ref().to_owned())
             .collect()
     }
 
@@ -170,8 +184,8 @@ impl Context {
         path_text(&crate::fsutil::real_path(&self.penv.root))
     }
 
-    /// Whether an explicit `--python` still names the interpreter recorded in `state`.
-    fn same_host_python(&self, state: &State) -> bool {
+    /// Whether an explicit `--python` still names the recorded interpreter.
+    fn same_host_python<T: StateText>(&self, recorded: Option<&HostPythonOf<T>>) -> bool {
         let Some(python) = &self.explicit_python else {
             return true;
         };
@@ -183,10 +197,7 @@ impl Context {
                 Err(_) => return false,
             }
         };
-        state
-            .host_python
-            .as_ref()
-            .is_some_and(|h| h.path == path_text(&path) && h.stamp == Stamp::of(&path))
+        recorded.is_some_and(|h| h.path.as_ref() == path_text(&path) && h.stamp == Stamp::of(&path))
     }
 }
 
@@ -300,38 +311,50 @@ pub fn decide(ctx: &Context, loaded: Loaded) -> Result<Verdict> {
         }
         Loaded::Valid(state) => state,
     };
-    Ok(match explain(ctx, &state)? {
+    Ok(match explain(ctx, &*state)? {
         Some(reason) => Verdict::Miss(reason, Some(state)),
         None => Verdict::Hit(state),
     })
 }
 
-fn explain(ctx: &Context, state: &State) -> Result<Option<MissReason>> {
+/// The state, read the cheap way ([`StateFile::recorded`]), when it makes a hit: the same
+/// decision as [`decide`], without building the whole state. `None` also when the file does not
+/// parse that way; [`decide`] then says why.
+pub fn hit<'f>(ctx: &Context, file: &'f StateFile) -> Result<Option<Recorded<'f>>> {
+    match file.recorded() {
+        Some(recorded) if explain(ctx, &recorded)?.is_none() => Ok(Some(recorded)),
+        _ => Ok(None),
+    }
+}
+
+fn explain<T: StateText>(ctx: &Context, state: &StateOf<T>) -> Result<Option<MissReason>> {
     let old = &state.request;
     if let Some(reason) = ctx.deps_change(old)? {
         return Ok(Some(reason));
     }
     let esptool_dir = ctx.esptool_dir_text();
-    if old.esptool_dir != esptool_dir {
+    let recorded_esptool_dir = old.esptool_dir.as_ref().map(AsRef::as_ref);
+    if recorded_esptool_dir != esptool_dir.as_deref() {
         return Ok(Some(MissReason::EsptoolDirChanged {
-            recorded: old.esptool_dir.clone(),
+            recorded: recorded_esptool_dir.map(str::to_owned),
             now: esptool_dir,
         }));
     }
-    if (old.os.as_str(), old.arch.as_str()) != (std::env::consts::OS, std::env::consts::ARCH) {
+    if (old.os.as_ref(), old.arch.as_ref()) != (std::env::consts::OS, std::env::consts::ARCH) {
         return Ok(Some(MissReason::PlatformChanged));
     }
-    if old.penv != path_text(&ctx.penv.root) {
+    if old.penv.as_ref() != path_text(&ctx.penv.root) {
         // Another spelling of the same place is fine; another place is a moved or copied penv.
         let real = ctx.penv_real_text();
-        if real != state.fingerprint_input.penv {
+        let recorded = state.fingerprint_input.penv.as_ref();
+        if real != recorded {
             return Ok(Some(MissReason::PenvMoved {
-                recorded: state.fingerprint_input.penv.clone(),
+                recorded: recorded.to_owned(),
                 now: real,
             }));
         }
     }
-    if !ctx.same_host_python(state) {
+    if !ctx.same_host_python(state.host_python.as_ref()) {
         return Ok(Some(MissReason::HostPythonChanged));
     }
     let changed = ctx.changed_parts(&state.stamps);
@@ -352,7 +375,14 @@ fn explain(ctx: &Context, state: &State) -> Result<Option<MissReason>> {
             }
         }));
     }
-    let racy = state::racy_parts(&state.stamps, state.recorded_at_ns, state.racy_window_ns);
+    let racy = stamp::racy_parts(
+        state
+            .stamps
+            .iter()
+            .map(|(key, stamp)| (key.as_ref(), stamp)),
+        state.recorded_at_ns,
+        state.racy_window_ns,
+    );
     if !racy.is_empty() {
         return Ok(Some(MissReason::RacyStamp { parts: racy }));
     }

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::cache::Entry;
 use super::walk::{Walked, walk_tree};
 use crate::fsutil;
-use crate::state::RACY_WINDOW;
+use crate::stamp::RACY_WINDOW;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,7 +130,7 @@ impl EnvKey {
     /// Whether a stamp changed within [`RACY_WINDOW`] before `at_ns` (or after it).
     pub fn is_racy(&self, at_ns: i64) -> bool {
         let window = i64::try_from(RACY_WINDOW.as_nanos()).unwrap_or(i64::MAX);
-        crate::state::is_racy(self.newest_mtime_ns(), at_ns, window)
+        crate::stamp::is_racy(self.newest_mtime_ns(), at_ns, window)
     }
 }
 

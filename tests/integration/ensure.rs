@@ -278,18 +278,31 @@ fn corrupt_state_files_are_misses_not_crashes() {
     let w = World::new();
     w.ensure(&["alpha"]).run().ok();
     let valid = fs::read_to_string(w.state_path()).unwrap();
+    let edited = |field: &str, value: serde_json::Value| {
+        let mut state: serde_json::Value = serde_json::from_str(&valid).unwrap();
+        state[field] = value;
+        state.to_string()
+    };
     for (label, content) in [
         ("empty", String::new()),
         ("truncated", valid[..valid.len() / 2].to_owned()),
         ("not json", "\u{0}\u{1}garbage".to_owned()),
+        ("unknown schema", edited("schema", serde_json::json!(999))),
+        // A hit reads every field with its type, also those it neither compares nor reports.
+        ("wrong types", edited("installed", serde_json::json!([1]))),
         (
-            "unknown schema",
-            valid.replacen("\"schema\": 2", "\"schema\": 999", 1),
+            "wrong marker types",
+            edited("marker_env", serde_json::json!(5)),
         ),
         (
-            "wrong types",
-            valid.replacen("\"installed\": {", "\"installed\": [1], \"x\": {", 1),
+            "wrong timing types",
+            edited("timings_ms", serde_json::json!({"x": "y"})),
         ),
+        ("missing timings", {
+            let mut state: serde_json::Value = serde_json::from_str(&valid).unwrap();
+            state.as_object_mut().unwrap().remove("timings_ms");
+            state.to_string()
+        }),
     ] {
         fs::write(w.state_path(), &content).unwrap();
         let run = w.ensure(&["alpha"]).arg("--json").arg("-v").run().ok();

@@ -81,7 +81,9 @@ fn status_explains_each_miss_reason() {
         reason(&status(&w, &["alpha<2", "postpkg>=1.0"])),
         "corrupt_state"
     );
-    fs::write(&state, valid.replacen("\"schema\": 2", "\"schema\": 7", 1)).unwrap();
+    let mut other_schema: serde_json::Value = serde_json::from_str(&valid).unwrap();
+    other_schema["schema"] = serde_json::json!(7);
+    fs::write(&state, other_schema.to_string()).unwrap();
     let report = status(&w, &["alpha<2", "postpkg>=1.0"]);
     assert_eq!(reason(&report), "unknown_schema");
     assert_eq!(report["state"]["condition"], "unknown_schema");

@@ -1,0 +1,271 @@
+//! Stamps: what a hit compares for each recorded part (inode, size, mtime and ctime in ns; exact
+//! equality, never "newer than"), and the racy rule (a part changed within the filesystem's
+//! timestamp granularity before the stamp was taken is not trusted: a later change in the same
+//! tick would leave its stamp unchanged, as git's "racy clean" entries).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+
+/// The window used where the filesystem's timestamp granularity cannot be measured (FAT).
+pub const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+/// The build-size cache's racy window (see `size`): FAT's granularity, the coarsest there is. A
+/// racy size only costs one more walk, so it is not measured as the penv's window is.
+pub const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Stored as an array, `[ino, size, mtime_ns, ctime_ns]`: a hit reads dozens, and field names
+/// would be most of what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StampArray", into = "StampArray")]
+pub struct Stamp {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StampArray(u64, u64, i64, i64);
+
+impl From<StampArray> for Stamp {
+    fn from(StampArray(ino, size, mtime_ns, ctime_ns): StampArray) -> Stamp {
+        Stamp {
+            ino,
+            size,
+            mtime_ns,
+            ctime_ns,
+        }
+    }
+}
+
+impl From<Stamp> for StampArray {
+    fn from(s: Stamp) -> StampArray {
+        StampArray(s.ino, s.size, s.mtime_ns, s.ctime_ns)
+    }
+}
+
+impl Stamp {
+    /// The stamp of what `path` names, following symlinks (an interpreter link is stamped by the
+    /// binary it points to).
+    pub fn of(path: &Path) -> Option<Stamp> {
+        fs::metadata(path).ok().map(|m| Stamp::from_metadata(&m))
+    }
+
+    pub fn from_metadata(m: &fs::Metadata) -> Stamp {
+        Stamp {
+            ino: inode(m),
+            size: m.len(),
+            mtime_ns: fsutil::mtime_ns(m),
+            ctime_ns: fsutil::ctime_ns(m),
+        }
+    }
+
+    fn newest_ns(&self) -> i64 {
+        self.mtime_ns.max(self.ctime_ns)
+    }
+}
+
+/// A directory whose parts are stamped by their path relative to it. On Linux it is opened once
+/// (`O_PATH`) and each part is stat'ed relative to it, which spares joining and walking the
+/// directory's own path for each of a hit's dozens of parts; elsewhere, or where it cannot be
+/// opened, paths are joined. Either way a stamp is what [`Stamp::of`] gives for the joined path.
+pub struct StampRoot<'a> {
+    path: &'a Path,
+    #[cfg(target_os = "linux")]
+    dir: Option<std::os::fd::OwnedFd>,
+}
+
+impl<'a> StampRoot<'a> {
+    pub fn open(path: &'a Path) -> StampRoot<'a> {
+        StampRoot {
+            path,
+            #[cfg(target_os = "linux")]
+            dir: {
+                use rustix::fs::{Mode, OFlags};
+                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                rustix::fs::open(path, flags, Mode::empty()).ok()
+            },
+        }
+    }
+
+    /// The stamp of `relative` (following symlinks, as [`Stamp::of`] does).
+    pub fn stamp(&self, relative: &str) -> Option<Stamp> {
+        #[cfg(target_os = "linux")]
+        if let Some(dir) = &self.dir
+            && !relative.is_empty()
+        {
+            let stat = rustix::fs::statat(dir, relative, rustix::fs::AtFlags::empty()).ok()?;
+            let ns = |seconds: i64, nanos: u64| {
+                fsutil::seconds_and_nanos(seconds, i64::try_from(nanos).unwrap_or(0))
+            };
+            return Some(Stamp {
+                ino: stat.st_ino,
+                size: u64::try_from(stat.st_size).unwrap_or(0),
+                mtime_ns: ns(stat.st_mtime, stat.st_mtime_nsec),
+                ctime_ns: ns(stat.st_ctime, stat.st_ctime_nsec),
+            });
+        }
+        Stamp::of(&self.path.join(relative))
+    }
+}
+
+#[cfg(unix)]
+fn inode(m: &fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(m)
+}
+
+#[cfg(not(unix))]
+fn inode(_: &fs::Metadata) -> u64 {
+    0
+}
+
+/// The stamped parts, by name: a path relative to the penv (`pyvenv.cfg`, `bin/python`,
+/// `lib/python3.11/site-packages/yaml`), or `esptool-dir:<file>` for the editable esptool
+/// project's files. `None` records that the part did not exist.
+pub type Stamps = BTreeMap<String, Option<Stamp>>;
+
+pub const ESPTOOL_PREFIX: &str = "esptool-dir:";
+
+/// Parts that changed within `window_ns` before `at_ns`: a later change in the same timestamp
+/// tick would leave their stamp unchanged (git's "racy clean" entries).
+pub fn racy_parts<'a>(
+    stamps: impl IntoIterator<Item = (&'a str, &'a Option<Stamp>)>,
+    at_ns: i64,
+    window_ns: i64,
+) -> Vec<String> {
+    stamps
+        .into_iter()
+        .filter(|(_, stamp)| stamp.is_some_and(|s| is_racy(s.newest_ns(), at_ns, window_ns)))
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+/// Whether a timestamp `changed_ns` lies within `window_ns` before `at_ns` (or after it): the
+/// one racy rule, for the penv's stamps and the build-size keys alike.
+pub fn is_racy(changed_ns: i64, at_ns: i64, window_ns: i64) -> bool {
+    changed_ns > at_ns.saturating_sub(window_ns)
+}
+
+/// The racy window for these stamps: twice the coarser of the kernel's timestamp tick and the
+/// granularity the filesystem showed in the timestamps just read (all whole seconds on FAT or
+/// ext3, nanoseconds on ext4, btrfs, xfs, tmpfs, APFS).
+pub fn racy_window_ns(stamps: &Stamps) -> i64 {
+    let times: Vec<i64> = stamps
+        .values()
+        .flatten()
+        .flat_map(|s| [s.mtime_ns, s.ctime_ns])
+        .collect();
+    if times.is_empty() {
+        return COARSE_RACY_WINDOW_NS;
+    }
+    let mut granularity: i64 = 1;
+    while granularity < 1_000_000_000 && times.iter().all(|t| t % (granularity * 10) == 0) {
+        granularity *= 10;
+    }
+    if granularity >= 1_000_000_000 {
+        return COARSE_RACY_WINDOW_NS;
+    }
+    2 * granularity.max(timestamp_tick_ns())
+}
+
+#[cfg(target_os = "linux")]
+fn timestamp_tick_ns() -> i64 {
+    let res = rustix::time::clock_getres(rustix::time::ClockId::RealtimeCoarse);
+    res.tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(res.tv_nsec)
+        .clamp(1, COARSE_RACY_WINDOW_NS)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn timestamp_tick_ns() -> i64 {
+    10_000_000
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A recorded part's stamp (which may be None) with both times at `mtime_ns`.
+    #[allow(clippy::unnecessary_wraps)]
+    pub(crate) fn stamp(mtime_ns: i64) -> Option<Stamp> {
+        Some(Stamp {
+            ino: 1,
+            size: 2,
+            mtime_ns,
+            ctime_ns: mtime_ns,
+        })
+    }
+
+    #[test]
+    fn a_stamp_relative_to_a_stamp_root_is_the_stamp_of_the_joined_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("lib/site")).unwrap();
+        fs::write(root.join("lib/site/mod.py"), b"x = 1").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("site/mod.py", root.join("lib/link")).unwrap();
+        let stamps = StampRoot::open(root);
+        for relative in [
+            "lib/site/mod.py",
+            "lib/site",
+            "lib/link",
+            "lib/../lib/site",
+            "gone",
+            "",
+        ] {
+            assert_eq!(
+                stamps.stamp(relative),
+                Stamp::of(&root.join(relative)),
+                "{relative:?}"
+            );
+        }
+        assert!(stamps.stamp("lib/link").is_some_and(|s| s.size == 5));
+        let missing = StampRoot::open(Path::new("/nonexistent/penv-guard"));
+        assert_eq!(missing.stamp("pyvenv.cfg"), None);
+    }
+
+    fn parts(stamps: &Stamps) -> impl Iterator<Item = (&str, &Option<Stamp>)> {
+        stamps.iter().map(|(key, stamp)| (key.as_str(), stamp))
+    }
+
+    #[test]
+    fn racy_parts_are_those_changed_within_the_window() {
+        let stamps = Stamps::from([("pyvenv.cfg".to_owned(), stamp(3_123_456_789))]);
+        assert_eq!(
+            racy_parts(parts(&stamps), 3_130_000_000, 8_000_000),
+            ["pyvenv.cfg"]
+        );
+        assert!(racy_parts(parts(&stamps), 3_200_000_000, 8_000_000).is_empty());
+    }
+
+    #[test]
+    fn racy_window_follows_the_filesystems_granularity() {
+        let fine: Stamps = [
+            ("a", 1_700_000_000_123_456_789),
+            ("b", 1_700_000_001_987_654_321),
+        ]
+        .into_iter()
+        .map(|(k, t)| (k.to_owned(), stamp(t)))
+        .collect();
+        let window = racy_window_ns(&fine);
+        assert!(
+            window < 100_000_000,
+            "ns timestamps: a tick-sized window, got {window}"
+        );
+        let whole_seconds: Stamps = [
+            ("a", 1_700_000_000_000_000_000),
+            ("b", 1_700_000_002_000_000_000),
+        ]
+        .into_iter()
+        .map(|(k, t)| (k.to_owned(), stamp(t)))
+        .collect();
+        assert_eq!(racy_window_ns(&whole_seconds), COARSE_RACY_WINDOW_NS);
+        assert_eq!(racy_window_ns(&Stamps::new()), COARSE_RACY_WINDOW_NS);
+    }
+}
