@@ -221,7 +221,7 @@ pub struct PlatformStatusArgs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use clap::{CommandFactory, Parser as _};
 
     use super::{Cli, Command, EnsureArgs, SizeArgs, parse_alone};
@@ -240,7 +240,8 @@ mod tests {
         }
     }
 
-    fn argv(words: &[&str]) -> Vec<std::ffi::OsString> {
+    /// `penv-guard` followed by `words`.
+    pub(crate) fn argv(words: &[&str]) -> Vec<std::ffi::OsString> {
         std::iter::once("penv-guard")
             .chain(words.iter().copied())
             .map(Into::into)

@@ -133,14 +133,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::{ensure, size};
+    use crate::cli::tests::argv;
     use crate::cli::{Cli, Command};
-
-    fn argv(words: &[&str]) -> Vec<std::ffi::OsString> {
-        std::iter::once("penv-guard")
-            .chain(words.iter().copied())
-            .map(Into::into)
-            .collect()
-    }
 
     /// Words `ensure` lines are made of: every option, values of every shape, and what clap
     /// refuses or reads its own way.
