@@ -246,7 +246,9 @@ impl StateFile {
         let StateFile::Read(bytes) = self else {
             return None;
         };
-        serde_json::from_slice::<Recorded>(bytes)
+        // Checked as UTF-8 once, not string by string.
+        let text = std::str::from_utf8(bytes).ok()?;
+        serde_json::from_str::<Recorded>(text)
             .ok()
             .filter(|recorded| recorded.schema == SCHEMA)
     }
