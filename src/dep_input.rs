@@ -17,10 +17,7 @@ use crate::requirements::{
     DEFAULT_DEPS_JSON, DepSet, USER_FILE_CAP, missing_as_not_found, parse_deps_json,
     parse_requirement, parse_requirements_file,
 };
-
-/// This build's identity (build.rs hashes the sources, manifest and lockfile), after a marker
-/// that lets a test make a binary of another build by patching a copy.
-pub const BUILD: &str = concat!("penv-guard-build:", env!("PENV_GUARD_BUILD_ID"));
+use crate::stamp::Stamp;
 
 /// The dependency list as given, read but not yet parsed. `--deps-json` (a file, or stdin,
 /// which can be read only once) is read here; requirements files are read by [`DepInput::parse`],
@@ -73,14 +70,16 @@ impl DepInput {
         })
     }
 
-    /// A digest of the input as given, bound to this build ([`BUILD`]): equal digests mean the
-    /// same bytes parsed by the same code, hence equal parsed lists. So a hit compares the digest
-    /// recorded in the state instead of parsing the list again. `None` with requirements files
-    /// (their includes are known only by parsing).
+    /// A digest of the input as given, bound to the running binary (its inode, size and times):
+    /// equal digests mean the same bytes parsed by the same build, hence equal parsed lists. So
+    /// a hit compares the digest recorded in the state instead of parsing the list again. `None`
+    /// with requirements files (their includes are known only by parsing), or where the running
+    /// binary cannot be stat'ed.
     pub fn digest(&self) -> Option<String> {
         if !self.requirement_files.is_empty() {
             return None;
         }
+        let binary = own_binary()?;
         let mut hasher = Sha256::new();
         let mut field = |tag: u8, bytes: &[u8]| {
             hasher.update([tag]);
@@ -88,8 +87,10 @@ impl DepInput {
             hasher.update(bytes);
         };
         field(b'v', env!("CARGO_PKG_VERSION").as_bytes());
-        // Read from the binary's bytes, never folded at compile time: a test patches a copy.
-        field(b'b', std::hint::black_box(BUILD).as_bytes());
+        field(b'b', &binary.ino.to_le_bytes());
+        field(b'b', &binary.size.to_le_bytes());
+        field(b'b', &binary.mtime_ns.to_le_bytes());
+        field(b'b', &binary.ctime_ns.to_le_bytes());
         for dep in &self.dep {
             field(b'd', dep.as_bytes());
         }
@@ -128,6 +129,16 @@ impl DepInput {
         }
         DepSet::new(deps, source)
     }
+}
+
+/// The stamp of the running binary (on Linux `/proc/self/exe`, which names it even after it
+/// was replaced on disk).
+fn own_binary() -> Option<Stamp> {
+    #[cfg(target_os = "linux")]
+    let path = PathBuf::from("/proc/self/exe");
+    #[cfg(not(target_os = "linux"))]
+    let path = std::env::current_exe().ok()?;
+    Stamp::of(&path)
 }
 
 #[cfg(test)]
