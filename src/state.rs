@@ -268,25 +268,24 @@ pub fn load(path: &Path) -> Loaded {
 }
 
 pub fn parse(bytes: &[u8]) -> Loaded {
-    // One pass straight into `State`. Only a file that does not parse as this schema's state is
-    // read a second time, to say why.
-    if let Ok(state) = serde_json::from_slice::<State>(bytes)
-        && state.schema == SCHEMA
-    {
-        return Loaded::Valid(Box::new(state));
-    }
+    // One pass straight into `State`, as a hit reads `Recorded`: the same derive, so both accept
+    // the same files. Only a file that fails is read a second time, to say why; that reading
+    // never accepts it (a `Value` would take the last of two equal keys, which serde refuses).
+    let error = match serde_json::from_slice::<State>(bytes) {
+        Ok(state) if state.schema == SCHEMA => return Loaded::Valid(Box::new(state)),
+        Ok(state) => return Loaded::UnknownSchema(u64::from(state.schema)),
+        Err(e) => e,
+    };
     let value: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(value) => value,
         Err(e) => return Loaded::Corrupt(format!("not valid JSON: {e}")),
     };
     match value.get("schema").and_then(serde_json::Value::as_u64) {
-        Some(schema) if schema == u64::from(SCHEMA) => {}
-        Some(schema) => return Loaded::UnknownSchema(schema),
-        None => return Loaded::Corrupt("no schema number".to_owned()),
-    }
-    match serde_json::from_value::<State>(value) {
-        Ok(state) => Loaded::Valid(Box::new(state)),
-        Err(e) => Loaded::Corrupt(format!("unexpected content: {e}")),
+        Some(schema) if schema == u64::from(SCHEMA) => {
+            Loaded::Corrupt(format!("unexpected content: {error}"))
+        }
+        Some(schema) => Loaded::UnknownSchema(schema),
+        None => Loaded::Corrupt("no schema number".to_owned()),
     }
 }
 
@@ -438,6 +437,17 @@ mod tests {
             matches!(esptool_dir.0, Cow::Owned(_)),
             "an escape is unescaped"
         );
+    }
+
+    #[test]
+    fn a_state_with_a_field_twice_is_corrupt_on_both_readings() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value.as_object_mut().unwrap().remove("uv_version");
+        let text = value.to_string();
+        let twice = text.replacen('{', "{\"uv_version\":\"a\",\"uv_version\":\"b\",", 1);
+        let file = StateFile::Read(twice.into_bytes());
+        assert!(file.recorded().is_none());
+        assert!(matches!(file.load(), Loaded::Corrupt(why) if why.contains("duplicate")));
     }
 
     #[test]
