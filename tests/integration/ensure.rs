@@ -613,6 +613,15 @@ fn penv_guard_log_shows_each_phase_with_its_duration_and_a_quiet_hit_prints_noth
     }
     let hit = w.ensure(&["alpha"]).run().ok();
     assert_eq!(hit.stderr, "", "a hit with logging off prints nothing");
+    for off in ["off", " OFF "] {
+        let hit = w
+            .ensure(&["alpha"])
+            .arg("-v")
+            .env("PENV_GUARD_LOG", off)
+            .run()
+            .ok();
+        assert_eq!(hit.stderr, "", "PENV_GUARD_LOG={off:?} wins over -v");
+    }
     let hit = w.ensure(&["alpha"]).arg("-v").run().ok();
     assert!(
         hit.stderr.contains("hit: 1 requirements satisfied"),
