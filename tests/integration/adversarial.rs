@@ -134,6 +134,8 @@ fn penv_at_an_ordinary_directory_is_refused_and_nothing_in_it_is_deleted() {
     assert_eq!(w.uv_calls("venv"), 0, "no venv was made there");
 }
 
+// Linux only: the overlap shim takes its lock with flock(1), from util-linux.
+#[cfg(target_os = "linux")]
 #[test]
 fn deleting_the_penv_during_an_install_does_not_let_a_second_install_run_beside_it() {
     let w = World::new();
@@ -357,16 +359,22 @@ fn signal_mid_install_then_second_run(signal_name: &str) {
     );
 }
 
+// Linux only: the overlap shim takes its lock with flock(1), from util-linux.
+#[cfg(target_os = "linux")]
 #[test]
 fn sigterm_mid_install_stops_uv_before_the_lock_is_released() {
     signal_mid_install_then_second_run("TERM");
 }
 
+// Linux only: the overlap shim takes its lock with flock(1), from util-linux.
+#[cfg(target_os = "linux")]
 #[test]
 fn sigint_mid_install_stops_uv_before_the_lock_is_released() {
     signal_mid_install_then_second_run("INT");
 }
 
+// Linux only: the overlap shim takes its lock with flock(1), from util-linux.
+#[cfg(target_os = "linux")]
 #[test]
 fn sigkill_mid_install_leaves_the_lock_with_uv_until_it_is_gone() {
     signal_mid_install_then_second_run("KILL");
