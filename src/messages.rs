@@ -41,18 +41,41 @@ pub fn println(text: &str) {
     print(&line);
 }
 
-/// Serializes a report for stdout. Serialization of penv-guard's own report types cannot fail
-/// (paths are serialized lossily, maps have string keys); if it ever did, the error is printed
-/// instead of a panic.
+/// Serializes a report for stdout, ASCII only (see [`ascii_only`]). Serialization of
+/// penv-guard's own report types cannot fail (paths are serialized lossily, maps have string
+/// keys); if it ever did, the error is printed instead of a panic.
 pub fn json<T: serde::Serialize>(value: &T, pretty: bool) -> String {
     let result = if pretty {
         serde_json::to_string_pretty(value)
     } else {
         serde_json::to_string(value)
     };
-    result.unwrap_or_else(|e| {
+    ascii_only(result.unwrap_or_else(|e| {
         serde_json::json!({"status": "error", "error": format!("report: {e}")}).to_string()
-    })
+    }))
+}
+
+/// JSON text with every non-ASCII character written as a `\uXXXX` escape (a UTF-16 surrogate
+/// pair above U+FFFF), so that a caller decoding penv-guard's output in any code page (Python's
+/// `text=True` on a cp1252 or cp932 Windows console) reads the same strings. Valid because
+/// serde_json writes non-ASCII characters only inside string literals, where an escape means
+/// the same character.
+pub fn ascii_only(json: String) -> String {
+    if json.is_ascii() {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 64);
+    let mut units = [0u16; 2];
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut units) {
+                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// Diagnostics go through `tracing`: `PENV_GUARD_LOG` (an `EnvFilter`, like `RUST_LOG`:
@@ -116,6 +139,23 @@ pub fn human_age(ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_for_callers_is_ascii_with_surrogate_pairs_for_astral_characters() {
+        let value =
+            serde_json::json!({"penv": "C:\\Users\\J\u{fc}rgen \u{c4}/\u{65e5}\u{1f600}", "n": 1});
+        for pretty in [false, true] {
+            let text = json(&value, pretty);
+            assert!(text.is_ascii(), "{text}");
+            assert!(
+                text.contains(r"J\u00fcrgen \u00c4/\u65e5\ud83d\ude00"),
+                "{text}"
+            );
+            let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, value);
+        }
+        assert_eq!(ascii_only("{\"a\":\"b\"}".to_owned()), "{\"a\":\"b\"}");
+    }
 
     #[test]
     fn human_units() {
