@@ -120,7 +120,16 @@ impl DepSet {
     }
 }
 
+/// A requirement from `--dep` or a deps JSON: a relative `file:` URL or path in it is taken
+/// against the current directory, as uv and pip take one given on their command line.
 pub fn parse_requirement(text: &str, origin: &str) -> Result<Dep> {
+    let cwd = std::env::current_dir().ok();
+    parse_requirement_in(text, origin, cwd.as_deref())
+}
+
+/// A requirement whose relative `file:` URLs and paths are taken against `base` (a requirements
+/// file's directory), as uv and pip do. `base` must be absolute; `None` makes them an error.
+pub fn parse_requirement_in(text: &str, origin: &str, base: Option<&Path>) -> Result<Dep> {
     let bad = |message: String| Error::BadRequirement {
         origin: origin.to_owned(),
         text: text.to_owned(),
@@ -137,7 +146,11 @@ pub fn parse_requirement(text: &str, origin: &str) -> Result<Dep> {
             "the package name must end with a letter or digit".to_owned()
         ));
     }
-    let requirement: Requirement = trimmed.parse().map_err(|e| {
+    let parsed = match base {
+        Some(base) => Requirement::parse(trimmed, base),
+        None => trimmed.parse(),
+    };
+    let requirement: Requirement = parsed.map_err(|e| {
         let e: pep508_rs::Pep508Error = e;
         bad(e.message.to_string())
     })?;
@@ -204,6 +217,12 @@ pub(crate) fn parse_requirements_file(
         text: String::from("<file>"),
         message: "the file is not UTF-8".to_owned(),
     })?;
+    // Relative `file:` URLs are relative to the file, as for uv and pip (and `-r` includes).
+    let dir = crate::uv::absolute(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    );
     for (line_no, line) in logical_lines(&text) {
         let origin = format!("{}:{line_no}", path.display());
         if let Some(include) = include_target(&line) {
@@ -224,7 +243,7 @@ pub(crate) fn parse_requirements_file(
                     .to_owned(),
             });
         } else {
-            deps.push(parse_requirement(&line, &origin)?);
+            deps.push(parse_requirement_in(&line, &origin, Some(&dir))?);
         }
     }
     Ok(())

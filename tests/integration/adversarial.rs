@@ -994,3 +994,36 @@ mod arguments {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Round three (issue 17)
+
+#[test]
+fn relative_file_urls_resolve_against_the_requirements_file_and_dep_ones_against_the_cwd() {
+    let w = World::new();
+    let project = w.dir.path().join("project");
+    let local = project.join("w");
+    let gamma = Wheel::new("gamma", "1.0").module("gamma", "").build(&local);
+    let delta = Wheel::new("delta", "1.0").module("delta", "").build(&local);
+    let file_name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    let reqs = project.join("requirements.txt");
+    fs::write(&reqs, format!("gamma @ file:./w/{}\n", file_name(&gamma))).unwrap();
+    // Run from elsewhere: the URL is relative to the file, not to the current directory or `/`.
+    let elsewhere = w.dir.path().join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let run = w.cmd("ensure").arg("-r").arg(&reqs).run_in(&elsewhere);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(w.site_packages().join("gamma").is_dir());
+    let dep = format!("delta @ file:./w/{}", file_name(&delta));
+    let run = w.ensure(&[&dep]).run_in(&project);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(w.site_packages().join("delta").is_dir());
+    // Another directory names another file: a miss, and the error names the path it looked at.
+    let run = w.ensure(&[&dep]).run_in(&elsewhere);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&*elsewhere.join("w").to_string_lossy()),
+        "{}",
+        run.stderr
+    );
+}
