@@ -223,7 +223,7 @@ pub(crate) fn parse_requirements_file(
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new(".")),
     );
-    for (line_no, line) in logical_lines(&text) {
+    for (line_no, line) in logical_lines(strip_bom(&text)) {
         let origin = format!("{}:{line_no}", path.display());
         if let Some(include) = include_target(&line) {
             if depth >= MAX_INCLUDE_DEPTH {
@@ -247,6 +247,12 @@ pub(crate) fn parse_requirements_file(
         }
     }
     Ok(())
+}
+
+/// Text without the byte-order mark Windows Notepad writes at the start of a UTF-8 file (pip
+/// accepts one too).
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 fn include_target(line: &str) -> Option<PathBuf> {
@@ -305,6 +311,7 @@ pub fn parse_deps_json(text: &str, origin: &str) -> Result<Vec<Dep>> {
         origin: origin.to_owned(),
         message,
     };
+    let text = strip_bom(text);
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     let serde_json::Value::Object(map) = value else {
@@ -441,6 +448,12 @@ mod tests {
             let err = parse_deps_json(text, "t").unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        assert_eq!(parse_deps_json("\u{feff}{\"a\": \"\"}", "t").unwrap().len(), 1);
+        assert_eq!(strip_bom("\u{feff}a\n"), "a\n");
     }
 
     #[test]

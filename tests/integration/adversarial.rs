@@ -1027,3 +1027,15 @@ fn relative_file_urls_resolve_against_the_requirements_file_and_dep_ones_against
         run.stderr
     );
 }
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_a_requirements_file_or_deps_json_is_accepted() {
+    let w = World::new();
+    let reqs = w.dir.path().join("requirements.txt");
+    fs::write(&reqs, "\u{feff}alpha\n").unwrap();
+    w.cmd("ensure").arg("-r").arg(&reqs).run().ok();
+    let json = w.dir.path().join("deps.json");
+    fs::write(&json, "\u{feff}{\"alpha\": \"\", \"single\": \"\"}").unwrap();
+    w.cmd("ensure").arg("--deps-json").arg(&json).run().ok();
+    assert!(w.site_packages().join("single_mod.py").is_file());
+}
