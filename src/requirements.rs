@@ -314,18 +314,21 @@ pub fn parse_deps_json(text: &str, origin: &str) -> Result<Vec<Dep>> {
     let text = strip_bom(text);
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    let serde_json::Value::Object(map) = value else {
+    if !value.is_object() {
         return Err(bad(format!(
             "expected an object {{\"name\": \"spec\"}}, found {}",
             json_kind(&value)
         )));
-    };
-    if map.is_empty() {
+    }
+    // Read again keeping every key in order: `Value` keeps only the last of two equal keys.
+    let JsonEntries(entries) =
+        serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    if entries.is_empty() {
         return Err(bad("the object lists no dependencies".to_owned()));
     }
-    let mut deps = Vec::with_capacity(map.len());
-    let mut seen = BTreeMap::new();
-    for (name, spec) in &map {
+    let mut deps: Vec<Dep> = Vec::with_capacity(entries.len());
+    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (name, spec) in &entries {
         let key_origin = format!("{origin}, key \"{name}\"");
         let serde_json::Value::String(spec) = spec else {
             return Err(bad(format!(
@@ -349,14 +352,54 @@ pub fn parse_deps_json(text: &str, origin: &str) -> Result<Vec<Dep>> {
                 message: "a deps JSON key must be a plain distribution name".to_owned(),
             });
         }
-        if let Some(previous) = seen.insert(dep.name().to_owned(), name.clone()) {
-            return Err(bad(format!(
-                "\"{previous}\" and \"{name}\" name the same distribution"
-            )));
+        match seen.get(dep.name()) {
+            // The same key with the same value twice says one thing (as a repeated `--dep`).
+            Some((previous, previous_spec)) if previous == name && previous_spec == spec => {
+                continue;
+            }
+            Some((previous, previous_spec)) if previous == name => {
+                return Err(bad(format!(
+                    "\"{name}\" is given twice, as \"{previous_spec}\" and as \"{spec}\"; \
+                     give each distribution once"
+                )));
+            }
+            Some((previous, _)) => {
+                return Err(bad(format!(
+                    "\"{previous}\" and \"{name}\" name the same distribution"
+                )));
+            }
+            None => {}
         }
+        seen.insert(dep.name().to_owned(), (name.clone(), spec.to_owned()));
         deps.push(dep);
     }
     Ok(deps)
+}
+
+/// A JSON object's members in order, duplicates kept.
+struct JsonEntries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for JsonEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JsonEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonEntries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(JsonEntries(entries))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
 }
 
 fn is_url(spec: &str) -> bool {
@@ -444,10 +487,17 @@ mod tests {
             (r#"{"a": ">=x"}"#, "a>=x"),
             ("{", "not valid JSON"),
             (r#"{"Foo_Bar": "", "foo-bar": ">=1"}"#, "same distribution"),
+            (r#"{"a": ">=1", "a": "<1"}"#, "\">=1\" and as \"<1\""),
         ] {
             let err = parse_deps_json(text, "t").unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn deps_json_repeating_a_key_with_the_same_value_is_one_dependency() {
+        let deps = parse_deps_json(r#"{"a": ">=1", "b": "", "a": ">=1"}"#, "t").unwrap();
+        assert_eq!(deps.len(), 2);
     }
 
     #[test]

@@ -1039,3 +1039,20 @@ fn a_byte_order_mark_at_the_start_of_a_requirements_file_or_deps_json_is_accepte
     w.cmd("ensure").arg("--deps-json").arg(&json).run().ok();
     assert!(w.site_packages().join("single_mod.py").is_file());
 }
+
+#[test]
+fn a_deps_json_key_given_twice_with_different_specs_is_bad_input_naming_both() {
+    let w = World::new();
+    let json = w.dir.path().join("deps.json");
+    fs::write(&json, r#"{"alpha": ">=1", "single": "", "alpha": "<1"}"#).unwrap();
+    let run = w.cmd("ensure").arg("--deps-json").arg(&json).run().code(2);
+    assert!(
+        run.stderr.contains("\"alpha\"") && run.stderr.contains(">=1") && run.stderr.contains("<1"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.installs(), 0);
+    // The same value twice says one thing.
+    fs::write(&json, r#"{"alpha": ">=1", "alpha": ">=1"}"#).unwrap();
+    w.cmd("ensure").arg("--deps-json").arg(&json).run().ok();
+}
