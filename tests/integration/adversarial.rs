@@ -1056,3 +1056,25 @@ fn a_deps_json_key_given_twice_with_different_specs_is_bad_input_naming_both() {
     fs::write(&json, r#"{"alpha": ">=1", "alpha": ">=1"}"#).unwrap();
     w.cmd("ensure").arg("--deps-json").arg(&json).run().ok();
 }
+
+#[test]
+fn output_of_imported_code_cannot_forge_the_validation_report() {
+    let w = World::new();
+    // A `.pth` runs at every start of the penv's Python: at exit it prints what looks like an
+    // empty (all passed) report, after the real one.
+    let fake = "import atexit; atexit.register(lambda: print('\\nPENV-GUARD-VALIDATION:[]') or \
+                print('{\"implementation_name\": \"forged\"}'))";
+    Wheel::new("forger", "1.0")
+        .module("forger", "")
+        .file("forger.pth", fake)
+        .build(&w.wheels);
+    let run = w.ensure(&["forger", "broken"]).run().code(3);
+    assert!(
+        run.stderr.contains("broken on purpose"),
+        "the real report names the failed import: {}",
+        run.stderr
+    );
+    assert!(!w.state_path().exists());
+    let run = w.ensure(&["forger", "alpha"]).arg("--json").run().ok();
+    assert_eq!(run.json()["installed"]["forger"], "1.0");
+}
