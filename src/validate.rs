@@ -150,10 +150,7 @@ pub fn check_installed(
             });
         }
         installed.insert(dep.name().to_owned(), dist.version.clone());
-        modules.insert(
-            dep.name().to_owned(),
-            distinfo::top_level_modules(&dist.dist_info),
-        );
+        modules.insert(dep.name().to_owned(), modules_to_import(dep.name(), dist)?);
     }
     let mut facts = BTreeMap::new();
     if let Some(dir) = &ctx.esptool_dir {
@@ -173,10 +170,7 @@ pub fn check_installed(
             });
         };
         installed.insert("esptool".to_owned(), esptool.version.clone());
-        modules.insert(
-            "esptool".to_owned(),
-            distinfo::top_level_modules(&esptool.dist_info),
-        );
+        modules.insert("esptool".to_owned(), modules_to_import("esptool", esptool)?);
         facts.insert("esptool_dir".to_owned(), path_text(dir));
     }
     if let Some(bundle) = dists
@@ -191,6 +185,24 @@ pub fn check_installed(
         installed,
         modules,
         facts,
+    })
+}
+
+/// The modules whose import proves a required distribution works: its top-level modules
+/// ([`distinfo::top_level_modules`]), else the module its normalized name spells (`esp-idf-size`
+/// is `esp_idf_size`), which must then import. A distribution is never validated by importing
+/// nothing.
+fn modules_to_import(name: &str, dist: &Installed) -> Result<Vec<String>> {
+    let modules = distinfo::top_level_modules(&dist.dist_info);
+    if !modules.is_empty() {
+        return Ok(modules);
+    }
+    let guess = name.replace(['-', '.'], "_");
+    if distinfo::is_module_name(&guess) {
+        return Ok(vec![guess]);
+    }
+    Err(Error::NothingToImport {
+        dist: format!("{} {}", dist.name, dist.version),
     })
 }
 

@@ -1058,6 +1058,53 @@ fn a_deps_json_key_given_twice_with_different_specs_is_bad_input_naming_both() {
 }
 
 #[test]
+fn an_editable_esptool_without_top_level_txt_is_validated_by_importing_its_package() {
+    let w = World::new();
+    let tool = editable_project(
+        w.dir.path(),
+        "esptool",
+        "5.0",
+        "raise ImportError('esptool broken on purpose')\n",
+    );
+    // hatchling, flit and uv_build editables have no top_level.txt; the project root also holds a
+    // build script, which must not be imported.
+    let pyproject = fs::read_to_string(tool.join("pyproject.toml")).unwrap();
+    fs::write(
+        tool.join("pyproject.toml"),
+        format!("{pyproject}\n[tool.inplace]\ntop-level = false\n"),
+    )
+    .unwrap();
+    let ensure = || {
+        w.ensure(&["alpha"])
+            .arg("--esptool-dir")
+            .arg(&tool)
+            .arg("--json")
+            .run()
+    };
+    let run = ensure().code(3);
+    assert!(
+        run.stderr.contains("esptool") && run.stderr.contains("broken on purpose"),
+        "{}",
+        run.stderr
+    );
+    assert!(!w.state_path().exists(), "nothing recorded");
+    fs::write(tool.join("esptool/__init__.py"), "VERSION = 5\n").unwrap();
+    let run = ensure().ok();
+    assert_eq!(run.json()["modules"]["esptool"], serde_json::json!(["esptool"]));
+}
+
+#[test]
+fn a_required_distribution_with_no_module_found_is_a_validation_failure_naming_it() {
+    let w = World::new();
+    Wheel::new("datadist", "1.0")
+        .file("datadist-notes.txt", "no code here\n")
+        .build(&w.wheels);
+    let run = w.ensure(&["alpha", "datadist"]).run().code(3);
+    assert!(run.stderr.contains("datadist"), "{}", run.stderr);
+    assert!(!w.state_path().exists(), "nothing recorded");
+}
+
+#[test]
 fn output_of_imported_code_cannot_forge_the_validation_report() {
     let w = World::new();
     // A `.pth` runs at every start of the penv's Python: at exit it prints what looks like an
