@@ -1125,3 +1125,29 @@ fn output_of_imported_code_cannot_forge_the_validation_report() {
     let run = w.ensure(&["forger", "alpha"]).arg("--json").run().ok();
     assert_eq!(run.json()["installed"]["forger"], "1.0");
 }
+
+#[test]
+fn offline_exit_4_is_only_for_what_is_not_available_offline() {
+    let w = World::new();
+    // A resolver conflict among the local wheels is not an offline problem.
+    let run = w.ensure(&["alpha>=3"]).arg("--offline").run().code(1);
+    assert!(
+        !run.stderr.contains("local uv cache") && run.stderr.contains("alpha"),
+        "{}",
+        run.stderr
+    );
+    // Something neither cached nor local is.
+    let run = w.ensure(&["nowhere-dist"]).arg("--offline").run().code(4);
+    assert!(run.stderr.contains("local uv cache"), "{}", run.stderr);
+    w.ensure(&["alpha"]).arg("--offline").run().ok();
+    // A site-packages uv cannot write to (root ignores modes; the immutable flag stops it).
+    let site = w.site_packages();
+    if !chattr("+i", &site) {
+        eprintln!("skipped the read-only part: chattr +i not supported here");
+        return;
+    }
+    let run = w.ensure(&["alpha", "postpkg"]).arg("--offline").run();
+    chattr("-i", &site);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(!run.stderr.contains("local uv cache"), "{}", run.stderr);
+}
