@@ -81,17 +81,23 @@ pub fn normalize_name(name: &str) -> String {
 /// from `top_level.txt`, keeping only names that exist in site-packages as a package directory or
 /// a module file. fatfs-ng's `top_level.txt` lists `wrapper`, which is not importable; rich and
 /// cryptography ship no `top_level.txt` at all.
+///
+/// An editable install's RECORD lists only its hook (a `.pth` naming a directory, or setuptools'
+/// `__editable__…_finder.py` mapping module names to paths), and hatchling, flit and uv_build
+/// write no `top_level.txt`: its modules are then what `top_level.txt`, the finder's mapping and
+/// the `.pth` directories give, else the top-level packages of the project directory (or its
+/// `src/`). The caller falls back to the distribution's normalized name when all are empty.
 pub fn top_level_modules(dist_info: &Path) -> Vec<String> {
     let site_packages = dist_info.parent().unwrap_or(Path::new("."));
-    let mut modules: Vec<String> = fsutil::read_foreign_text(&dist_info.join("RECORD"))
-        .map(|text| modules_from_record(&text))
-        .unwrap_or_default();
-    // An editable install's RECORD lists only its finder hook; its code lives elsewhere, so
-    // top_level.txt names are taken as they are.
-    let editable = direct_url(dist_info).is_some_and(|d| d.editable);
+    let record = fsutil::read_foreign_text(&dist_info.join("RECORD")).unwrap_or_default();
+    let mut modules: Vec<String> = modules_from_record(&record);
+    let direct = direct_url(dist_info);
+    let editable = direct.as_ref().is_some_and(|d| d.editable);
     if modules.is_empty()
         && let Some(text) = fsutil::read_foreign_text(&dist_info.join("top_level.txt"))
     {
+        // Names an editable's top_level.txt gives are taken as they are (its code lives
+        // elsewhere).
         modules = text
             .lines()
             .map(str::trim)
@@ -100,9 +106,120 @@ pub fn top_level_modules(dist_info: &Path) -> Vec<String> {
             .map(str::to_owned)
             .collect();
     }
+    if modules.is_empty() && editable {
+        let name = parse_metadata(
+            &fsutil::read_foreign_text(&dist_info.join("METADATA")).unwrap_or_default(),
+        )
+        .0
+        .unwrap_or_default();
+        for path in record.lines().map(record_path) {
+            if path.contains('/') {
+                continue;
+            }
+            let Some(text) = fsutil::read_foreign_text(&site_packages.join(path)) else {
+                continue;
+            };
+            #[allow(clippy::case_sensitive_file_extension_comparisons)]
+            if path.ends_with(".pth") {
+                for dir in pth_directories(&text) {
+                    modules.extend(packages_in(&dir, &name));
+                }
+            } else if path.starts_with("__editable__") && path.ends_with("_finder.py") {
+                modules.extend(finder_mapping_names(&text));
+            }
+        }
+        if modules.is_empty()
+            && let Some(dir) = direct.and_then(|d| d.dir)
+        {
+            modules.extend(packages_in(&dir, &name));
+            modules.extend(packages_in(&dir.join("src"), &name));
+        }
+    }
     modules.sort();
     modules.dedup();
     modules
+}
+
+/// The directories a `.pth` file adds to `sys.path` (its lines that are not comments or
+/// `import` statements).
+fn pth_directories(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| {
+            !line.is_empty()
+                && !line.starts_with('#')
+                && !line.starts_with("import ")
+                && !line.starts_with("import\t")
+        })
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute() && dir.is_dir())
+        .collect()
+}
+
+/// Importable top-level names in a directory on `sys.path`: its packages (a directory with an
+/// `__init__.py`), and a module file only when it is named after the distribution (a project
+/// root also holds `setup.py` and build scripts, which must not be run by an import).
+fn packages_in(dir: &Path, dist_name: &str) -> Vec<String> {
+    let own_module = dist_name.replace(['-', '.'], "_").to_lowercase();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_owned();
+            let path = entry.path();
+            if path.join("__init__.py").is_file() {
+                Some(name)
+            } else {
+                let stem = name.strip_suffix(".py")?;
+                (stem.to_lowercase() == own_module && path.is_file()).then(|| stem.to_owned())
+            }
+        })
+        .filter(|name| is_module_name(name) && !matches!(name.as_str(), "test" | "tests"))
+        .collect()
+}
+
+/// The module names of setuptools' editable finder (`MAPPING: dict[str, str] = {'esptool':
+/// '/src/esptool', …}`): every quoted string in the literal that is followed by `:`.
+fn finder_mapping_names(text: &str) -> Vec<String> {
+    let Some(start) = text.find("MAPPING") else {
+        return Vec::new();
+    };
+    let rest = &text[start..];
+    let Some(open) = rest.find('{') else {
+        return Vec::new();
+    };
+    let body = &rest[open + 1..];
+    let mut names = Vec::new();
+    let mut chars = body.char_indices();
+    while let Some((_, c)) = chars.next() {
+        match c {
+            '}' => break,
+            '\'' | '"' => {
+                let mut value = String::new();
+                let mut escaped = false;
+                for (_, c) in chars.by_ref() {
+                    if escaped {
+                        value.push(c);
+                        escaped = false;
+                    } else if c == '\\' {
+                        escaped = true;
+                    } else if c == '\'' || c == '"' {
+                        break;
+                    } else {
+                        value.push(c);
+                    }
+                }
+                let after = chars.as_str().trim_start();
+                if after.starts_with(':') && is_module_name(&value) {
+                    names.push(value);
+                }
+            }
+            _ => {}
+        }
+    }
+    names
 }
 
 /// Where an installed distribution came from (PEP 610 `direct_url.json`): a local directory when
@@ -262,6 +379,7 @@ pub fn modules_from_record(text: &str) -> Vec<String> {
         };
         if is_module_name(candidate)
             && !candidate.starts_with("__editable__")
+            && !candidate.starts_with("_editable_impl_")
             && !matches!(candidate, "test" | "tests")
         {
             modules.push(candidate.to_owned());
@@ -361,6 +479,14 @@ tests/__init__.py,,
             }
         );
         assert_eq!(parse_direct_url("{"), None);
+    }
+
+    #[test]
+    fn setuptools_finder_mapping_gives_its_module_names() {
+        let finder = "import sys\nMAPPING: dict[str, str] = {'esptool': '/src/a:b/esptool', \
+                      \"espefuse\": 'C:\\\\x\\\\espefuse'}\nNAMESPACES = {'ns': ['/x']}\n";
+        assert_eq!(finder_mapping_names(finder), vec!["esptool", "espefuse"]);
+        assert!(finder_mapping_names("nothing here").is_empty());
     }
 
     #[test]

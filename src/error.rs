@@ -58,6 +58,10 @@ pub enum Error {
         module: String,
         error: String,
     },
+    /// A required distribution shows no module to import, so nothing could prove it works.
+    NothingToImport {
+        dist: String,
+    },
     LockTimeout {
         path: PathBuf,
         seconds: f64,
@@ -93,7 +97,9 @@ impl Error {
             Error::Usage(_) | Error::BadRequirement { .. } | Error::BadDepsJson { .. } => {
                 EXIT_USAGE
             }
-            Error::Validation { .. } | Error::Broken { .. } => EXIT_VALIDATION,
+            Error::Validation { .. } | Error::NothingToImport { .. } | Error::Broken { .. } => {
+                EXIT_VALIDATION
+            }
             Error::Offline { .. } => EXIT_OFFLINE,
             Error::LockTimeout { .. } => EXIT_LOCK_TIMEOUT,
             Error::Io { .. }
@@ -156,6 +162,11 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "validation failed: `import {module}` (from {dist}) raised {error}; no state written"
+            ),
+            Error::NothingToImport { dist } => write!(
+                f,
+                "validation failed: no importable module found for {dist} (none in its RECORD, \
+                 top_level.txt or editable hook, nor one named after it); no state written"
             ),
             Error::LockTimeout {
                 path,

@@ -4,13 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use pep508_rs::{MarkerEnvironment, MarkerEnvironmentBuilder};
 
 use crate::error::{Error, Result};
-use crate::process::{self, Stderr};
+use crate::process;
 
 /// The PEP 508 marker environment of an interpreter, as its own `platform` and `sys` modules
 /// report it (captured in the penv by [`capture`] and kept in the state).
@@ -54,12 +53,13 @@ pub fn environment(values: &MarkerValues) -> Option<MarkerEnvironment> {
 // PEP 508's definitions, as `packaging.markers.default_environment()` computes them.
 const MARKERS: &str = r#"
 import json, os, platform, sys
+report = open(sys.argv.pop(), "w")
 def version(info):
     v = "%d.%d.%d" % info[:3]
     if info.releaselevel != "final":
         v += info.releaselevel[0] + str(info.serial)
     return v
-print(json.dumps({
+report.write(json.dumps({
     "implementation_name": sys.implementation.name,
     "implementation_version": version(sys.implementation.version),
     "os_name": os.name,
@@ -72,6 +72,7 @@ print(json.dumps({
     "python_version": ".".join(platform.python_version_tuple()[:2]),
     "sys_platform": sys.platform,
 }))
+report.close()
 "#;
 
 /// The penv interpreter's own marker environment.
@@ -81,15 +82,11 @@ pub fn capture(python: &Path, timeout: Duration) -> Result<MarkerValues> {
         module: "platform".into(),
         error,
     };
-    let mut command = Command::new(python);
-    command.args(["-I", "-c", MARKERS]);
-    let out = process::run(command, timeout, Stderr::Captured, None)
-        .map_err(|e| fail(format!("cannot run {}: {e}", python.display())))?;
-    let values: MarkerValues = out
-        .stdout
-        .lines()
-        .rev()
-        .find_map(|line| serde_json::from_str(line).ok())
+    // Read from a report file, not stdout: `site` runs every `.pth` of the penv first.
+    let (out, report) =
+        crate::validate::run_reporting(python, MARKERS, None, timeout).map_err(fail)?;
+    let values: MarkerValues = report
+        .and_then(|text| serde_json::from_str(&text).ok())
         .filter(|_| out.success())
         .ok_or_else(|| {
             fail(format!(

@@ -120,7 +120,16 @@ impl DepSet {
     }
 }
 
+/// A requirement from `--dep` or a deps JSON: a relative `file:` URL or path in it is taken
+/// against the current directory, as uv and pip take one given on their command line.
 pub fn parse_requirement(text: &str, origin: &str) -> Result<Dep> {
+    let cwd = std::env::current_dir().ok();
+    parse_requirement_in(text, origin, cwd.as_deref())
+}
+
+/// A requirement whose relative `file:` URLs and paths are taken against `base` (a requirements
+/// file's directory), as uv and pip do. `base` must be absolute; `None` makes them an error.
+pub fn parse_requirement_in(text: &str, origin: &str, base: Option<&Path>) -> Result<Dep> {
     let bad = |message: String| Error::BadRequirement {
         origin: origin.to_owned(),
         text: text.to_owned(),
@@ -137,7 +146,11 @@ pub fn parse_requirement(text: &str, origin: &str) -> Result<Dep> {
             "the package name must end with a letter or digit".to_owned()
         ));
     }
-    let requirement: Requirement = trimmed.parse().map_err(|e| {
+    let parsed = match base {
+        Some(base) => Requirement::parse(trimmed, base),
+        None => trimmed.parse(),
+    };
+    let requirement: Requirement = parsed.map_err(|e| {
         let e: pep508_rs::Pep508Error = e;
         bad(e.message.to_string())
     })?;
@@ -204,7 +217,13 @@ pub(crate) fn parse_requirements_file(
         text: String::from("<file>"),
         message: "the file is not UTF-8".to_owned(),
     })?;
-    for (line_no, line) in logical_lines(&text) {
+    // Relative `file:` URLs are relative to the file, as for uv and pip (and `-r` includes).
+    let dir = crate::uv::absolute(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    );
+    for (line_no, line) in logical_lines(strip_bom(&text)) {
         let origin = format!("{}:{line_no}", path.display());
         if let Some(include) = include_target(&line) {
             if depth >= MAX_INCLUDE_DEPTH {
@@ -224,10 +243,16 @@ pub(crate) fn parse_requirements_file(
                     .to_owned(),
             });
         } else {
-            deps.push(parse_requirement(&line, &origin)?);
+            deps.push(parse_requirement_in(&line, &origin, Some(&dir))?);
         }
     }
     Ok(())
+}
+
+/// Text without the byte-order mark Windows Notepad writes at the start of a UTF-8 file (pip
+/// accepts one too).
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 fn include_target(line: &str) -> Option<PathBuf> {
@@ -286,20 +311,24 @@ pub fn parse_deps_json(text: &str, origin: &str) -> Result<Vec<Dep>> {
         origin: origin.to_owned(),
         message,
     };
+    let text = strip_bom(text);
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    let serde_json::Value::Object(map) = value else {
+    if !value.is_object() {
         return Err(bad(format!(
             "expected an object {{\"name\": \"spec\"}}, found {}",
             json_kind(&value)
         )));
-    };
-    if map.is_empty() {
+    }
+    // Read again keeping every key in order: `Value` keeps only the last of two equal keys.
+    let JsonEntries(entries) =
+        serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    if entries.is_empty() {
         return Err(bad("the object lists no dependencies".to_owned()));
     }
-    let mut deps = Vec::with_capacity(map.len());
-    let mut seen = BTreeMap::new();
-    for (name, spec) in &map {
+    let mut deps: Vec<Dep> = Vec::with_capacity(entries.len());
+    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (name, spec) in &entries {
         let key_origin = format!("{origin}, key \"{name}\"");
         let serde_json::Value::String(spec) = spec else {
             return Err(bad(format!(
@@ -323,14 +352,54 @@ pub fn parse_deps_json(text: &str, origin: &str) -> Result<Vec<Dep>> {
                 message: "a deps JSON key must be a plain distribution name".to_owned(),
             });
         }
-        if let Some(previous) = seen.insert(dep.name().to_owned(), name.clone()) {
-            return Err(bad(format!(
-                "\"{previous}\" and \"{name}\" name the same distribution"
-            )));
+        match seen.get(dep.name()) {
+            // The same key with the same value twice says one thing (as a repeated `--dep`).
+            Some((previous, previous_spec)) if previous == name && previous_spec == spec => {
+                continue;
+            }
+            Some((previous, previous_spec)) if previous == name => {
+                return Err(bad(format!(
+                    "\"{name}\" is given twice, as \"{previous_spec}\" and as \"{spec}\"; \
+                     give each distribution once"
+                )));
+            }
+            Some((previous, _)) => {
+                return Err(bad(format!(
+                    "\"{previous}\" and \"{name}\" name the same distribution"
+                )));
+            }
+            None => {}
         }
+        seen.insert(dep.name().to_owned(), (name.clone(), spec.to_owned()));
         deps.push(dep);
     }
     Ok(deps)
+}
+
+/// A JSON object's members in order, duplicates kept.
+struct JsonEntries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for JsonEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JsonEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonEntries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(JsonEntries(entries))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
 }
 
 fn is_url(spec: &str) -> bool {
@@ -418,10 +487,23 @@ mod tests {
             (r#"{"a": ">=x"}"#, "a>=x"),
             ("{", "not valid JSON"),
             (r#"{"Foo_Bar": "", "foo-bar": ">=1"}"#, "same distribution"),
+            (r#"{"a": ">=1", "a": "<1"}"#, "\">=1\" and as \"<1\""),
         ] {
             let err = parse_deps_json(text, "t").unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn deps_json_repeating_a_key_with_the_same_value_is_one_dependency() {
+        let deps = parse_deps_json(r#"{"a": ">=1", "b": "", "a": ">=1"}"#, "t").unwrap();
+        assert_eq!(deps.len(), 2);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        assert_eq!(parse_deps_json("\u{feff}{\"a\": \"\"}", "t").unwrap().len(), 1);
+        assert_eq!(strip_bom("\u{feff}a\n"), "a\n");
     }
 
     #[test]

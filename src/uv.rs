@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::messages;
 use crate::penv::{Occupant, Penv, is_own_file_name};
 use crate::process::{self, Stderr};
 
@@ -229,17 +230,26 @@ pub fn pip_install(request: &InstallRequest<'_>) -> Result<()> {
     let seconds = request.lock_budget.as_secs().clamp(1, 86_400);
     command.env("UV_LOCK_TIMEOUT", seconds.to_string());
     command.env_remove("VIRTUAL_ENV");
-    let out =
-        process::run(command, request.timeout, request.stderr, request.hold).map_err(|e| {
-            Error::Install {
-                message: format!("cannot run {}: {e}", request.uv.display()),
-                tail: String::new(),
-            }
-        })?;
+    // Offline, uv's words decide whether a failure is "not available offline" (exit 4): its
+    // output is captured and shown afterwards instead of live.
+    let stderr = if request.offline {
+        Stderr::Captured
+    } else {
+        request.stderr
+    };
+    let out = process::run(command, request.timeout, stderr, request.hold).map_err(|e| {
+        Error::Install {
+            message: format!("cannot run {}: {e}", request.uv.display()),
+            tail: String::new(),
+        }
+    })?;
     if out.success() {
+        if request.stderr == Stderr::Live && stderr == Stderr::Captured {
+            messages::say_raw(out.output_tail.trim_end());
+        }
         return Ok(());
     }
-    if request.offline && !out.timed_out {
+    if request.offline && !out.timed_out && is_offline_miss(&out.output_tail) {
         return Err(Error::Offline {
             tail: out.output_tail,
         });
@@ -248,6 +258,22 @@ pub fn pip_install(request: &InstallRequest<'_>) -> Result<()> {
         message: format!("`uv pip install` {}", out.describe_status(request.timeout)),
         tail: out.output_tail,
     })
+}
+
+/// Whether uv's output says it failed because something was not available offline (uv 0.13.9):
+/// the resolver's hint "Packages were unavailable because the network was disabled", its
+/// "… was not found in the cache", and a download's or git fetch's "Network connectivity is
+/// disabled". A read-only site-packages, a resolver conflict among local wheels or a broken
+/// wheel say none of these.
+pub fn is_offline_miss(output: &str) -> bool {
+    let output = output.to_lowercase();
+    [
+        "because the network was disabled",
+        "network connectivity is disabled",
+        "was not found in the cache",
+    ]
+    .iter()
+    .any(|needle| output.contains(needle))
 }
 
 /// `uv --version`, asked once after an install, for the state and `status`.

@@ -18,18 +18,20 @@ use crate::requirements::DepSet;
 use crate::state::path_text;
 use crate::verdict::Context;
 
-const MARKER: &str = "PENV-GUARD-VALIDATION:";
-
+/// The report goes to a file named only to this script, opened (and taken off `sys.argv`)
+/// before anything is imported, and written once after the last import: what the imported code
+/// prints, at import or at exit (`atexit` from a `.pth`), cannot pass for it.
 const IMPORTS: &str = r#"
 import importlib, json, sys
+report = open(sys.argv.pop(), "w")
 failures = []
-for dist, module in json.loads(sys.argv[1]):
+for dist, module in json.loads(sys.argv.pop()):
     try:
         importlib.import_module(module)
     except BaseException as e:
         failures.append([dist, module, "%s: %s" % (type(e).__name__, e)])
-sys.stdout.flush()
-print("\nPENV-GUARD-VALIDATION:" + json.dumps(failures))
+report.write(json.dumps(failures))
+report.close()
 "#;
 
 /// `(distribution, module)` pairs to import.
@@ -46,18 +48,10 @@ pub fn validate_imports(
         module: "(all)".into(),
         error,
     };
-    let mut command = Command::new(python);
-    command
-        .args(["-I", "-c", IMPORTS])
-        .arg(serde_json::to_string(pairs).unwrap_or_default());
-    let out = process::run(command, timeout, Stderr::Captured, None)
-        .map_err(|e| all(format!("cannot run {}: {e}", python.display())))?;
-    let report = out
-        .stdout
-        .lines()
-        .rev()
-        .find_map(|line| line.strip_prefix(MARKER));
-    let failures: Vec<(String, String, String)> = match report.map(serde_json::from_str) {
+    let pairs = serde_json::to_string(pairs).unwrap_or_default();
+    let (out, report) = run_reporting(python, IMPORTS, Some(&pairs), timeout).map_err(all)?;
+    let failures: Vec<(String, String, String)> = match report.as_deref().map(serde_json::from_str)
+    {
         Some(Ok(failures)) if !out.timed_out => failures,
         _ => {
             return Err(all(format!(
@@ -75,6 +69,30 @@ pub fn validate_imports(
             error: error.lines().next().unwrap_or_default().to_owned(),
         }),
     }
+}
+
+/// Runs `python -I -c script [arg] REPORT` and returns what the script wrote to REPORT, a file
+/// in a fresh temporary directory whose path only the script's last argument names. The script
+/// must `open(sys.argv.pop(), "w")` before it imports anything, so the code it imports never
+/// sees the path, and whatever that code prints (at import, or from an `atexit` handler a
+/// `.pth` registered) cannot pass for the report.
+pub(crate) fn run_reporting(
+    python: &Path,
+    script: &str,
+    arg: Option<&str>,
+    timeout: Duration,
+) -> std::result::Result<(process::Output, Option<String>), String> {
+    let dir =
+        tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let report_path = dir.path().join("report.json");
+    let mut command = Command::new(python);
+    command.args(["-I", "-c", script]).args(arg).arg(&report_path);
+    let out = process::run(command, timeout, Stderr::Captured, None)
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    let report = std::fs::read_to_string(&report_path)
+        .ok()
+        .filter(|text| !text.is_empty());
+    Ok((out, report))
 }
 
 /// What a validated install proved, before it is recorded.
@@ -132,10 +150,7 @@ pub fn check_installed(
             });
         }
         installed.insert(dep.name().to_owned(), dist.version.clone());
-        modules.insert(
-            dep.name().to_owned(),
-            distinfo::top_level_modules(&dist.dist_info),
-        );
+        modules.insert(dep.name().to_owned(), modules_to_import(dep.name(), dist)?);
     }
     let mut facts = BTreeMap::new();
     if let Some(dir) = &ctx.esptool_dir {
@@ -155,10 +170,7 @@ pub fn check_installed(
             });
         };
         installed.insert("esptool".to_owned(), esptool.version.clone());
-        modules.insert(
-            "esptool".to_owned(),
-            distinfo::top_level_modules(&esptool.dist_info),
-        );
+        modules.insert("esptool".to_owned(), modules_to_import("esptool", esptool)?);
         facts.insert("esptool_dir".to_owned(), path_text(dir));
     }
     if let Some(bundle) = dists
@@ -173,6 +185,24 @@ pub fn check_installed(
         installed,
         modules,
         facts,
+    })
+}
+
+/// The modules whose import proves a required distribution works: its top-level modules
+/// ([`distinfo::top_level_modules`]), else the module its normalized name spells (`esp-idf-size`
+/// is `esp_idf_size`), which must then import. A distribution is never validated by importing
+/// nothing.
+fn modules_to_import(name: &str, dist: &Installed) -> Result<Vec<String>> {
+    let modules = distinfo::top_level_modules(&dist.dist_info);
+    if !modules.is_empty() {
+        return Ok(modules);
+    }
+    let guess = name.replace(['-', '.'], "_");
+    if distinfo::is_module_name(&guess) {
+        return Ok(vec![guess]);
+    }
+    Err(Error::NothingToImport {
+        dist: format!("{} {}", dist.name, dist.version),
     })
 }
 
