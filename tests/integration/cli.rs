@@ -74,3 +74,36 @@ fn help_documents_exit_codes() {
         assert!(run.stdout.contains(code), "--help lacks {code}");
     }
 }
+
+#[test]
+fn verbose_prints_one_line_per_phase_with_its_duration_and_no_span_detail() {
+    let w = World::new();
+    let run = w.ensure(&["alpha"]).arg("-v").run().ok();
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    for phase in [
+        "check",
+        "lock wait",
+        "venv",
+        "install",
+        "validate",
+        "record",
+        "total",
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("penv-guard: {phase} ")))
+            .unwrap_or_else(|| panic!("no {phase} line:\n{}", run.stderr));
+        let duration = line.rsplit(' ').next().unwrap();
+        assert!(duration == "ms" || duration == "s", "{line}");
+    }
+    assert!(run.stderr.contains("penv-guard: miss: "), "{}", run.stderr);
+    for detail in ["time.busy", "phase{", "INFO"] {
+        assert!(!run.stderr.contains(detail), "{detail}:\n{}", run.stderr);
+    }
+    let hit = w.ensure(&["alpha"]).arg("-v").run().ok();
+    assert!(
+        hit.stderr.starts_with("penv-guard: check "),
+        "{}",
+        hit.stderr
+    );
+}
