@@ -994,3 +994,43 @@ mod arguments {
         }
     }
 }
+
+// Issue 17 items 12-13 (ux)
+
+/// Item 13: a bad `PENV_GUARD_LOCK_TIMEOUT` is one line naming the variable and its value.
+#[test]
+fn a_bad_lock_timeout_variable_is_one_line_naming_it_and_its_value() {
+    let w = World::new();
+    for value in ["abc", "soon", "1e"] {
+        let run = w
+            .ensure(&["alpha"])
+            .env("PENV_GUARD_LOCK_TIMEOUT", value)
+            .run()
+            .code(2);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("PENV_GUARD_LOCK_TIMEOUT=\"{value}\"")),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("--lock-timeout"), "{}", run.stderr);
+    }
+    let run = w
+        .ensure(&["alpha"])
+        .env("PENV_GUARD_LOCK_TIMEOUT", "-3")
+        .run()
+        .code(2);
+    assert!(
+        run.stderr
+            .contains("PENV_GUARD_LOCK_TIMEOUT must be a non-negative number"),
+        "{}",
+        run.stderr
+    );
+    // The flag wins over the variable, as before.
+    w.ensure(&["alpha"])
+        .env("PENV_GUARD_LOCK_TIMEOUT", "abc")
+        .args(["--lock-timeout", "5"])
+        .run()
+        .ok();
+}
