@@ -1298,3 +1298,56 @@ fn status_ignores_history_records_with_impossible_dates() {
         report["misses"]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Round three (issue 17 item 2): a penv shared by installers whose locks beside it differ
+
+/// A peer installs another version while the import check runs (a second container on a shared
+/// penv volume, or any installer without penv-guard's lock). The versions were read before the
+/// imports and the stamps taken after them, so the peer's version was recorded as validated: the
+/// next run was a hit for `alpha==1.0` with alpha 2.0 installed.
+#[test]
+fn a_peer_install_during_the_import_check_is_never_recorded_as_validated() {
+    let w = World::new();
+    let importing = w.dir.path().join("importing");
+    Wheel::new("slowimp", "1.0")
+        .module(
+            "slowimp",
+            &format!(
+                "import time\nopen({:?}, 'w').close()\ntime.sleep(4)\n",
+                importing.display().to_string()
+            ),
+        )
+        .build(&w.wheels);
+    let mut first = w.ensure(&["alpha==1.0", "slowimp"]).spawn();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !importing.exists() {
+        assert!(Instant::now() < deadline, "the import check never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The peer: the real uv, straight into the penv, while penv-guard imports slowimp.
+    let peer = Command::new(crate::support::real_uv())
+        .args(["pip", "install", "--python"])
+        .arg(w.penv.join("bin/python"))
+        .arg("alpha==2.0")
+        .arg("--cache-dir")
+        .arg(&w.cache)
+        .env("UV_FIND_LINKS", w.find_links())
+        .env("UV_DEFAULT_INDEX", w.empty_index_url())
+        .env("UV_NO_CONFIG", "1")
+        .output()
+        .unwrap();
+    assert!(peer.status.success(), "{}", String::from_utf8_lossy(&peer.stderr));
+    let first = finish_within(&mut first, Duration::from_secs(120));
+    assert_eq!(first.code, Some(1), "{}", first.stderr);
+    assert!(
+        first.stderr.contains("changed while penv-guard validated it")
+            && first.stderr.contains("alpha was 1.0, now 2.0"),
+        "{}",
+        first.stderr
+    );
+    assert!(!w.state_path().exists(), "nothing may be recorded");
+    let next = w.ensure(&["alpha==1.0", "slowimp"]).arg("--json").run().ok();
+    assert_eq!(next.status(), "installed", "{}", next.stderr);
+    assert_eq!(next.json()["installed"]["alpha"], "1.0");
+}
