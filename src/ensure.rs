@@ -84,11 +84,26 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
         allow_unlocked: args.allow_unlocked,
         quiet: args.quiet,
     })?;
+    // Then the lock inside the penv: a peer that shares only the penv directory (a volume
+    // mounted at the penv path in another container) has its own lock beside it, but this one
+    // in common. Always in this order, so two penv-guards never wait for each other in a cycle.
+    std::fs::create_dir_all(&run.ctx.penv.root)
+        .map_err(|e| Error::io("create the directory", &run.ctx.penv.root, e))?;
+    let inner = lock::acquire(&LockRequest {
+        lock_path: &run.ctx.penv.inner_lock_path(),
+        holder_path: &run.ctx.penv.inner_holder_path(),
+        timeout: lock_timeout.saturating_sub(lock_started.elapsed()),
+        allow_unlocked: args.allow_unlocked,
+        quiet: args.quiet,
+    })?;
+    // Children that change the penv keep both locks, as they keep the outer one (see `process`).
+    inner.keep_for_children();
     phases.end("lock_wait");
     fsutil::sweep_temp_files(&run.ctx.penv.root);
     let budget = lock_timeout.saturating_sub(lock_started.elapsed());
     let outcome = run.locked(reason.clone(), &lock, budget, &mut phases);
     run.remember(&reason, &outcome, &phases);
+    drop(inner);
     drop(lock);
     let (status, reason, state) = outcome?;
     run.report(status, reason.as_ref(), &state, phases);
@@ -497,7 +512,11 @@ impl Run<'_> {
             tail: String::new(),
         };
         if let Some(problem) = distinfo::record_problems(&dists).into_iter().next() {
-            return Err(changed(format!("{}: {}", problem.path.display(), problem.problem)));
+            return Err(changed(format!(
+                "{}: {}",
+                problem.path.display(),
+                problem.problem
+            )));
         }
         for (name, version) in &checked.installed {
             let found = dists.get(name).map(|d| d.version.as_str());
@@ -509,7 +528,9 @@ impl Run<'_> {
         let now = validate::check_installed(&self.ctx, checked.marker_env.clone(), &dists)
             .map_err(|e| changed(format!("the list no longer checks: {e}")))?;
         if now.modules != checked.modules {
-            return Err(changed("the modules of the required distributions differ".into()));
+            return Err(changed(
+                "the modules of the required distributions differ".into(),
+            ));
         }
         Ok(())
     }
