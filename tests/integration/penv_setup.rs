@@ -11,7 +11,9 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::platform::{git_applied, upstream_head};
+use crate::platform::{
+    HOOKED_RELEASES, git_applied, hooked_by_install, release_fixture, upstream_head,
+};
 use crate::support::{BIN, Run, Wheel, World, editable_project, repo, tools_path};
 
 /// The tools venv's Python, which has PlatformIO (upstream's penv_setup.py imports it).
@@ -95,6 +97,8 @@ impl Harness {
             .env("UV_NO_CONFIG", "1")
             .env("UV_PYTHON_DOWNLOADS", "never")
             .env("PENV_GUARD_UV", &self.w.shim)
+            // Releases before 55.03.37 (and penv-guard hooked into them) use uv's default cache.
+            .env("UV_CACHE_DIR", &self.w.cache)
             .env("PYTHONDONTWRITEBYTECODE", "1");
         for var in [
             "PENV_GUARD_BIN",
@@ -415,6 +419,70 @@ fn penv_setup_tool_esptoolpy_not_a_directory_is_handled_as_upstream() {
             let message = "Error: 'tool-esptoolpy' package directory not found";
             assert!(hooked_run.stderr.contains(message), "{}", hooked_run.stderr);
             assert!(upstream_run.stderr.contains(message));
+        }
+    }
+}
+
+/// Whether release `name`'s module has a module-level `has_network` (55.03.38 and later).
+fn has_module_network(name: &str) -> bool {
+    !matches!(
+        name,
+        "55.03.32" | "55.03.33" | "55.03.31-2" | "55.03.35" | "55.03.36" | "55.03.37"
+    )
+}
+
+#[test]
+fn penv_setup_every_hooked_release_warm_pass_runs_only_penv_guard_and_unhooked_is_that_release() {
+    let h = Harness::new();
+    h.warm();
+    for &name in HOOKED_RELEASES {
+        let upstream = release_fixture(name);
+        let hooked = h.w.dir.path().join(format!("hooked-{name}.py"));
+        fs::write(&hooked, hooked_by_install(h.w.dir.path(), &upstream)).unwrap();
+        let config = |file: &Path, network: &str, call: &str| {
+            let mut config = h.config(file, network, call);
+            config["has_network"] = json!(has_module_network(name));
+            config
+        };
+        for (network, call) in [("up", "minimal"), ("down", "minimal"), ("up", "scons")] {
+            let case = format!("{name}, network {network}, {call}");
+            let (hooked_report, run) = h.run(&config(&hooked, network, call), Binary::OnPath, &[]);
+            assert_eq!(
+                hooked_report["calls"][0]["status"], "hit",
+                "{case}: {hooked_report:#}\n{}",
+                run.stderr
+            );
+            assert_eq!(
+                argv0s(&hooked_report),
+                ["penv-guard"],
+                "{case}: {hooked_report:#}"
+            );
+            assert_eq!(
+                hooked_report["connects_before_has_network"],
+                json!([]),
+                "{case}"
+            );
+            assert!(!run.stdout.contains("Warning"), "{case}: {}", run.stdout);
+            let (upstream_report, _) =
+                h.run(&config(&upstream, network, call), Binary::OnPath, &[]);
+            assert!(
+                argv0s(&upstream_report).iter().any(|a| a == "python"),
+                "{case}: upstream asks the penv's Python: {upstream_report:#}"
+            );
+            assert_same_outputs(&hooked_report, &upstream_report);
+        }
+        for network in ["up", "down"] {
+            let case = format!("{name} without the binary, network {network}");
+            let (hooked_report, _) =
+                h.run(&config(&hooked, network, "minimal"), Binary::Missing, &[]);
+            let (upstream_report, _) =
+                h.run(&config(&upstream, network, "minimal"), Binary::Missing, &[]);
+            assert_same_outputs(&hooked_report, &upstream_report);
+            assert_eq!(hooked_report["calls"], upstream_report["calls"], "{case}");
+            assert_eq!(
+                hooked_report["connects"], upstream_report["connects"],
+                "{case}"
+            );
         }
     }
 }

@@ -16,6 +16,40 @@ pub fn upstream_head() -> PathBuf {
     repo().join("tests/fixtures/upstream/penv_setup.py")
 }
 
+/// Every distinct upstream file `platform install` hooks, by the release that ships it
+/// (tests/fixtures/upstream-releases; 55.03.311 is HEAD, tests/fixtures/upstream).
+pub const HOOKED_RELEASES: &[&str] = &[
+    "55.03.32",
+    "55.03.33",
+    "55.03.31-2",
+    "55.03.35",
+    "55.03.36",
+    "55.03.37",
+    "55.03.38",
+    "55.03.311",
+    "develop",
+];
+
+/// Upstream's builder/penv_setup.py as release `name` ships it.
+pub fn release_fixture(name: &str) -> PathBuf {
+    if name == "55.03.311" {
+        return upstream_head();
+    }
+    repo().join(format!("tests/fixtures/upstream-releases/{name}.py"))
+}
+
+/// What `platform install` writes for `original`, hooked in a core dir of its own under `dir`.
+pub fn hooked_by_install(dir: &Path, original: &Path) -> Vec<u8> {
+    let core = dir.join(format!(
+        "install-{}",
+        original.file_stem().unwrap().to_string_lossy()
+    ));
+    let plat = add_platform(&core, "espressif32", PIOARDUINO_JSON);
+    fs::copy(original, plat.join("builder/penv_setup.py")).unwrap();
+    platform_cmd(&core, &["install"]).ok();
+    fs::read(plat.join("builder/penv_setup.py")).unwrap()
+}
+
 pub fn patch_file() -> PathBuf {
     repo().join("platform-integration/penv_setup.patch")
 }
@@ -354,4 +388,103 @@ fn platform_install_updates_an_older_hook_and_recovers_an_interrupted_install() 
     assert_eq!(state_of(&core, &plat), "hooked");
     platform_cmd(&core, &["remove"]).ok();
     assert_eq!(fs::read(&file).unwrap(), head);
+}
+
+/// `platform.json` of release `version`.
+fn release_json(version: &str) -> String {
+    PIOARDUINO_JSON.replace("55.03.311", version)
+}
+
+#[test]
+fn platform_install_hooks_every_release_since_55_03_31_in_one_core_dir_and_remove_restores_each() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let mut hooked = Vec::new();
+    for &name in HOOKED_RELEASES {
+        let plat = add_platform(&core, &format!("espressif32-{name}"), &release_json(name));
+        fs::copy(release_fixture(name), plat.join("builder/penv_setup.py")).unwrap();
+        assert_eq!(state_of(&core, &plat), "not-hooked", "{name}");
+        hooked.push((name, plat));
+    }
+    // Left alone: the first 55.03.31 file, and one nobody knows.
+    let first = add_platform(&core, "espressif32-55.03.31", &release_json("55.03.31"));
+    fs::copy(
+        release_fixture("55.03.31"),
+        first.join("builder/penv_setup.py"),
+    )
+    .unwrap();
+    let unknown = add_platform(&core, "espressif32-future", &release_json("56.0.0"));
+    let unknown_file = unknown.join("builder/penv_setup.py");
+    let changed = fs::read_to_string(&unknown_file).unwrap().replace(
+        "def _setup_certifi_env(env, python_exe):",
+        "def _setup_certifi_env(env, exe):",
+    );
+    fs::write(&unknown_file, &changed).unwrap();
+
+    let run = platform_cmd(&core, &["install"]).code(2);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("error:"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        3,
+        "one line per platform left alone, then the count: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.lines().all(|l| l.len() < 300),
+        "short lines: {}",
+        run.stderr
+    );
+    let line_31 = errors.iter().find(|l| l.contains("55.03.31:")).unwrap();
+    for needle in [
+        "55.03.31-2",
+        "55.03.32",
+        "pin",
+        "penv-guard platform install",
+    ] {
+        assert!(line_31.contains(needle), "{needle}: {line_31}");
+    }
+    let line_unknown = errors.iter().find(|l| l.contains("56.0.0")).unwrap();
+    assert!(
+        line_unknown.contains(unknown_file.to_str().unwrap()),
+        "{line_unknown}"
+    );
+    assert!(
+        line_unknown.contains("55.03.32 to 55.03.311"),
+        "{line_unknown}"
+    );
+    assert!(errors[2].contains("2 of 11"), "{}", errors[2]);
+    assert_eq!(
+        fs::read(first.join("builder/penv_setup.py")).unwrap(),
+        fs::read(release_fixture("55.03.31")).unwrap()
+    );
+    assert_eq!(fs::read_to_string(&unknown_file).unwrap(), changed);
+    assert_eq!(state_of(&core, &first), "unrecognised");
+
+    for (name, plat) in &hooked {
+        assert_eq!(state_of(&core, plat), "hooked", "{name}");
+        let file = fs::read_to_string(plat.join("builder/penv_setup.py")).unwrap();
+        assert!(file.contains("def _penv_guard("), "{name}");
+        assert!(
+            run.stderr.contains(&format!("espressif32 {name} (")),
+            "{name}: {}",
+            run.stderr
+        );
+    }
+    platform_cmd(&core, &["remove"]).ok();
+    for (name, plat) in &hooked {
+        assert_eq!(
+            fs::read(plat.join("builder/penv_setup.py")).unwrap(),
+            fs::read(release_fixture(name)).unwrap(),
+            "{name} restored byte for byte"
+        );
+        assert_eq!(
+            fs::read_dir(plat.join("builder")).unwrap().count(),
+            1,
+            "{name}"
+        );
+    }
 }
