@@ -488,3 +488,53 @@ fn platform_install_hooks_every_release_since_55_03_31_in_one_core_dir_and_remov
         );
     }
 }
+
+#[test]
+fn platform_install_hooks_a_crlf_checkout_keeping_crlf_and_remove_restores_byte_for_byte() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let mut plats = Vec::new();
+    for &name in HOOKED_RELEASES {
+        let plat = add_platform(&core, &format!("espressif32-{name}"), &release_json(name));
+        // Git for Windows' core.autocrlf checks the file out with CRLF line endings.
+        let crlf = fs::read_to_string(release_fixture(name))
+            .unwrap()
+            .replace('\n', "\r\n");
+        fs::write(plat.join("builder/penv_setup.py"), &crlf).unwrap();
+        assert_eq!(state_of(&core, &plat), "not-hooked", "{name}");
+        plats.push((name, plat, crlf));
+    }
+    let run = platform_cmd(&core, &["install"]).ok();
+    for (name, plat, crlf) in &plats {
+        assert_eq!(state_of(&core, plat), "hooked", "{name}: {}", run.stderr);
+        let hooked = fs::read_to_string(plat.join("builder/penv_setup.py")).unwrap();
+        assert!(hooked.contains("def _penv_guard("), "{name}");
+        assert_eq!(
+            hooked.matches('\n').count(),
+            hooked.matches("\r\n").count(),
+            "{name}: CRLF throughout"
+        );
+        let lf = fs::read_to_string(release_fixture(name)).unwrap();
+        let hooked_lf = hooked_by_install(&t.path().join(name), &release_fixture(name));
+        assert_eq!(hooked.replace("\r\n", "\n").as_bytes(), hooked_lf, "{name}");
+        assert_eq!(
+            fs::read_to_string(plat.join("builder/penv_setup.py.penv-guard-orig")).unwrap(),
+            *crlf
+        );
+        assert_ne!(lf, *crlf);
+    }
+    platform_cmd(&core, &["install"]).ok();
+    platform_cmd(&core, &["remove"]).ok();
+    for (name, plat, crlf) in &plats {
+        assert_eq!(
+            fs::read_to_string(plat.join("builder/penv_setup.py")).unwrap(),
+            *crlf,
+            "{name} restored byte for byte"
+        );
+        assert_eq!(
+            fs::read_dir(plat.join("builder")).unwrap().count(),
+            1,
+            "{name}"
+        );
+    }
+}
