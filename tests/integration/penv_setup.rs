@@ -42,12 +42,18 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let w = World::new();
+        Harness::in_core("core")
+    }
+
+    /// A harness whose PlatformIO core dir (and so the penv) is `<tmp>/<core>`.
+    fn in_core(core: &str) -> Harness {
+        let mut w = World::new();
+        w.penv = w.dir.path().join(core).join("penv");
         crate::support::certifi_wheel().build(&w.wheels);
         Wheel::new("freertos-gdb", "1.0.4")
             .module("freertos_gdb", "")
             .build(&w.wheels);
-        let core = w.dir.path().join("core");
+        let core = w.dir.path().join(core);
         let hooked_dir = w.dir.path().join("hooked");
         fs::create_dir_all(&hooked_dir).unwrap();
         let hooked = hooked_dir.join("penv_setup.py");
@@ -56,11 +62,15 @@ impl Harness {
         fs::create_dir_all(&bin_dir).unwrap();
         std::os::unix::fs::symlink(BIN, bin_dir.join("penv-guard")).unwrap();
         let made = editable_project(w.dir.path(), "esptool", "5.6.0", "VERSION = '5.6.0'");
-        let esptool = core.join("packages/tool-esptoolpy");
+        // The packages sit beside the core dir: the editable esptool's .pth names its directory,
+        // and site.addsitedir reads .pth files in the locale's encoding (an ASCII locale cannot
+        // read a non-ASCII name there, hooked or not).
+        let packages = w.dir.path().join("packages");
+        let esptool = packages.join("tool-esptoolpy");
         fs::create_dir_all(esptool.parent().unwrap()).unwrap();
         fs::rename(made, &esptool).unwrap();
         // A GDB package whose freertos-gdb is already there (the warm case).
-        let gdb = core.join("packages/tool-xtensa-esp-elf-gdb");
+        let gdb = packages.join("tool-xtensa-esp-elf-gdb");
         fs::create_dir_all(gdb.join("share/gdb/python/freertos_gdb")).unwrap();
         Harness {
             w,
@@ -485,4 +495,78 @@ fn penv_setup_every_hooked_release_warm_pass_runs_only_penv_guard_and_unhooked_i
             );
         }
     }
+}
+
+#[test]
+fn penv_setup_hooked_reads_a_non_ascii_core_dir_in_a_non_utf8_locale() {
+    // A user folder like C:\Users\Jürgen Ä: on Windows the hook decoded penv-guard's UTF-8 JSON
+    // with the console code page (cp1252 mangled it, cp932 failed). Here the locale is ASCII and
+    // Python's UTF-8 mode is off, so `text=True` decodes with ASCII, and file names are
+    // surrogate escapes.
+    let h = Harness::in_core("J\u{fc}rgen \u{c4}/core");
+    h.warm();
+    let ascii: &[(&str, &str)] = &[
+        ("LC_ALL", "C"),
+        ("LANG", "C"),
+        ("PYTHONUTF8", "0"),
+        ("PYTHONCOERCECLOCALE", "0"),
+        ("PYTHONIOENCODING", "ascii"),
+    ];
+    for call in ["minimal", "scons"] {
+        let (report, run) = h.run(&h.config(&h.hooked, "down", call), Binary::OnPath, ascii);
+        assert_eq!(report["exit"], Value::Null, "{call}: {}", run.stderr);
+        assert_eq!(report["calls"][0]["status"], "hit", "{call}: {report:#}");
+        assert_eq!(argv0s(&report), ["penv-guard"], "{call}: {report:#}");
+        assert_eq!(
+            report["result"],
+            json!([h.w.penv.join("bin/python"), h.w.penv.join("bin/esptool")]),
+            "{call}"
+        );
+        let bundle = h.w.site_packages().join("certifi/cacert.pem");
+        assert_eq!(
+            report["ca_vars"]["SSL_CERT_FILE"],
+            bundle.to_str().unwrap(),
+            "{call}"
+        );
+        // The same as in a UTF-8 locale.
+        let (utf8, _) = h.run(&h.config(&h.hooked, "down", call), Binary::OnPath, &[]);
+        assert_same_outputs(&report, &utf8);
+    }
+}
+
+#[test]
+fn ensure_json_with_a_non_ascii_penv_is_ascii_and_parses_back_to_the_penv() {
+    let mut w = World::new();
+    w.penv = w
+        .dir
+        .path()
+        .join("J\u{fc}rgen \u{c4} \u{65e5}\u{1f600}/penv");
+    let run = w.ensure(&["alpha"]).arg("--json").run().ok();
+    let line = run.stdout.trim_end();
+    assert!(line.is_ascii(), "{line}");
+    assert!(
+        line.contains(r"J\u00fcrgen \u00c4 \u65e5\ud83d\ude00"),
+        "{line}"
+    );
+    let report: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(report["python"], json!(w.penv.join("bin/python")));
+    // An error's report too (main.rs), here naming a missing file under the same folder.
+    let missing = w.penv.with_file_name("d\u{e9}ps.json");
+    let run = w
+        .cmd("ensure")
+        .arg("--json")
+        .arg("--deps-json")
+        .arg(&missing)
+        .run()
+        .code(2);
+    let line = run.stdout.trim_end();
+    assert!(line.is_ascii(), "{line}");
+    let report: Value = serde_json::from_str(line).unwrap();
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains(missing.to_str().unwrap()),
+        "{report}"
+    );
 }
