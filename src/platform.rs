@@ -17,6 +17,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -30,6 +31,10 @@ use crate::platform_edits;
 const BACKUP_SUFFIX: &str = ".penv-guard-orig";
 const RECORD_SUFFIX: &str = ".penv-guard.json";
 const RECORD_SCHEMA: u32 = 1;
+/// In the core dir: serializes `install` and `remove`. Never deleted, never written.
+const PLATFORM_LOCK: &str = ".penv-guard-platform.lock";
+/// Edits take milliseconds; a wait this long means something is stuck.
+const PLATFORM_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 const INSTALL_HINT: &str = "run `penv-guard platform install`";
 const HOOKED: &str = platform_edits::HOOKED_RELEASES;
 
@@ -377,6 +382,57 @@ fn delete_own(path: &Path) -> Result<()> {
     }
 }
 
+/// Takes the platform lock (`<core>/.penv-guard-platform.lock`), so that concurrent `install`s
+/// and `remove`s run one after another, each reading what the previous one wrote. Waits up to
+/// `PENV_GUARD_LOCK_TIMEOUT` seconds (default 60), then exit 75. Held until the file is dropped.
+fn lock_platforms(core_dir: &Path) -> Result<fs::File> {
+    let path = core_dir.join(PLATFORM_LOCK);
+    let timeout = match std::env::var("PENV_GUARD_LOCK_TIMEOUT") {
+        Ok(text) if !text.trim().is_empty() => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "PENV_GUARD_LOCK_TIMEOUT={text:?} is not a number of seconds"
+                ))
+            })?,
+        _ => PLATFORM_LOCK_TIMEOUT,
+    };
+    let file = fsutil::open_lock_file(&path).map_err(|e| match e {
+        fsutil::ReadError::Io(e) => Error::io("open the platform lock", &path, e),
+        other => Error::Usage(format!(
+            "the platform lock {} is {other}; penv-guard does not follow or replace it (remove it)",
+            path.display()
+        )),
+    })?;
+    let start = Instant::now();
+    let mut announced = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) => {}
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+        }
+        if start.elapsed() >= timeout {
+            return Err(Error::PlatformLockTimeout {
+                path,
+                seconds: timeout.as_secs_f64(),
+            });
+        }
+        if !announced {
+            messages::say(format_args!(
+                "waiting for another `penv-guard platform install` or `remove` (lock {})",
+                path.display()
+            ));
+            announced = true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The platforms `install` and `remove` act on; says so when there are none.
 fn platforms_or_say_none(core_dir: &Path) -> Result<Vec<Platform>> {
     let found = platforms(core_dir)?;
@@ -390,6 +446,7 @@ fn platforms_or_say_none(core_dir: &Path) -> Result<Vec<Platform>> {
 }
 
 pub fn install(core_dir: &Path) -> Result<()> {
+    let _lock = lock_platforms(core_dir)?;
     let found = platforms_or_say_none(core_dir)?;
     let mut refused = Vec::new();
     for p in &found {
@@ -455,6 +512,7 @@ fn left_alone(mut refused: Vec<String>, of: usize) -> Result<()> {
 }
 
 pub fn remove(core_dir: &Path) -> Result<()> {
+    let _lock = lock_platforms(core_dir)?;
     let found = platforms_or_say_none(core_dir)?;
     let mut refused = Vec::new();
     for p in &found {

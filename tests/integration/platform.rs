@@ -538,3 +538,151 @@ fn platform_install_hooks_a_crlf_checkout_keeping_crlf_and_remove_restores_byte_
         );
     }
 }
+
+/// The platform is hooked with penv-guard's copy and record, or pristine with neither.
+#[track_caller]
+fn assert_consistent(core: &Path, plat: &Path, original: &[u8]) {
+    let builder = plat.join("builder");
+    let file = fs::read(builder.join("penv_setup.py")).unwrap();
+    let backup = builder.join("penv_setup.py.penv-guard-orig");
+    let record = builder.join("penv_setup.py.penv-guard.json");
+    if file == original {
+        assert!(
+            !backup.exists() && !record.exists(),
+            "pristine, but penv-guard's files are left"
+        );
+        assert_eq!(state_of(core, plat), "not-hooked");
+    } else {
+        let copy = fs::read(&backup).unwrap_or_else(|e| panic!("hooked, but no copy ({e})"));
+        assert_eq!(copy, original);
+        assert!(record.is_file(), "hooked, but no record");
+        assert_eq!(state_of(core, plat), "hooked");
+    }
+}
+
+#[test]
+fn platform_install_and_remove_running_at_once_are_serialized_by_the_platform_lock() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let plats: Vec<(PathBuf, Vec<u8>)> = ["55.03.35", "55.03.37", "55.03.311"]
+        .iter()
+        .map(|name| {
+            let plat = add_platform(&core, &format!("espressif32-{name}"), &release_json(name));
+            fs::copy(release_fixture(name), plat.join("builder/penv_setup.py")).unwrap();
+            (plat, fs::read(release_fixture(name)).unwrap())
+        })
+        .collect();
+    // An install that pauses before writing the hooked file, after its copy and record: a
+    // remove started meanwhile must wait for it, not delete the two and leave a hooked file
+    // with neither.
+    let paused = Command::new(BIN)
+        .args(["platform", "install", "--core-dir"])
+        .arg(&core)
+        .env(
+            "PENV_GUARD_TEST_PAUSE_BEFORE_RENAME",
+            "55.03.311/builder/penv_setup.py",
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    platform_cmd(&core, &["remove"]).ok();
+    let done = paused.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    for (plat, original) in &plats {
+        assert_consistent(&core, plat, original);
+    }
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    let loops: Vec<_> = ["install", "install", "remove"]
+        .into_iter()
+        .map(|action| {
+            let core = core.clone();
+            std::thread::spawn(move || {
+                let mut runs = 0;
+                while std::time::Instant::now() < deadline {
+                    let run = platform_cmd(&core, &[action]);
+                    assert_eq!(run.code, Some(0), "{action}: {}", run.stderr);
+                    runs += 1;
+                }
+                runs
+            })
+        })
+        .collect();
+    let runs: usize = loops.into_iter().map(|l| l.join().unwrap()).sum();
+    assert!(runs >= 6, "{runs} runs");
+    for (plat, original) in &plats {
+        assert_consistent(&core, plat, original);
+    }
+    assert!(
+        core.join(".penv-guard-platform.lock").is_file(),
+        "the lock stays"
+    );
+    platform_cmd(&core, &["remove"]).ok();
+    for (plat, original) in &plats {
+        assert_eq!(
+            &fs::read(plat.join("builder/penv_setup.py")).unwrap(),
+            original
+        );
+    }
+}
+
+#[test]
+fn platform_install_waits_for_the_platform_lock_then_times_out_with_exit_75() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let plat = add_platform(&core, "espressif32", PIOARDUINO_JSON);
+    let lock = fs::File::create(core.join(".penv-guard-platform.lock")).unwrap();
+    lock.lock().unwrap();
+    let output = Command::new(BIN)
+        .args(["platform", "install", "--core-dir"])
+        .arg(&core)
+        .env("PENV_GUARD_LOCK_TIMEOUT", "0.3")
+        .output()
+        .unwrap();
+    let run = Run::from(output).code(75);
+    assert!(run.stderr.contains("waiting for another"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("PENV_GUARD_LOCK_TIMEOUT"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        fs::read(plat.join("builder/penv_setup.py")).unwrap(),
+        fs::read(upstream_head()).unwrap()
+    );
+    drop(lock);
+    platform_cmd(&core, &["install"]).ok();
+    assert_eq!(state_of(&core, &plat), "hooked");
+}
+
+#[test]
+fn platform_symlinked_platform_is_named_and_left_alone() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let checkout = t.path().join("checkout");
+    let plat = add_platform(&t.path().join("elsewhere"), "espressif32", PIOARDUINO_JSON);
+    fs::rename(&plat, &checkout).unwrap();
+    fs::create_dir_all(core.join("platforms")).unwrap();
+    std::os::unix::fs::symlink(&checkout, core.join("platforms/espressif32")).unwrap();
+    for action in ["install", "remove"] {
+        let run = platform_cmd(&core, &[action]).ok();
+        assert!(!run.stderr.contains("no pioarduino"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("55.03.311") && run.stderr.contains("symlink"),
+            "{action}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        fs::read(checkout.join("builder/penv_setup.py")).unwrap(),
+        fs::read(upstream_head()).unwrap()
+    );
+    assert_eq!(fs::read_dir(checkout.join("builder")).unwrap().count(), 1);
+    let entry = &status_json(&core)[0];
+    assert_eq!(entry["state"], "linked", "{entry}");
+}
