@@ -570,3 +570,63 @@ fn ensure_json_with_a_non_ascii_penv_is_ascii_and_parses_back_to_the_penv() {
         "{report}"
     );
 }
+
+#[test]
+fn penv_setup_before_55_03_38_installs_the_platformio_core_url_under_its_real_name() {
+    // Releases before 55.03.38 list `"platformio": <a pioarduino/platformio-core tag archive>`,
+    // which builds a distribution named pioarduino-core; uv refuses `platformio @ <url>`.
+    let h = Harness::new();
+    let tree = h.w.dir.path().join("src/platformio-core-6.1.19");
+    fs::create_dir_all(tree.join("platformio")).unwrap();
+    fs::write(
+        tree.join("platformio/__init__.py"),
+        "VERSION = (6, 1, 19)\n",
+    )
+    .unwrap();
+    fs::copy(
+        repo().join("tests/fixtures/inplace_backend.py"),
+        tree.join("inplace_backend.py"),
+    )
+    .unwrap();
+    fs::write(
+        tree.join("pyproject.toml"),
+        "[build-system]\nrequires = []\nbuild-backend = \"inplace_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"pioarduino-core\"\nversion = \"6.1.19\"\n",
+    )
+    .unwrap();
+    let archive =
+        h.w.dir
+            .path()
+            .join("pioarduino/platformio-core/archive/refs/tags");
+    fs::create_dir_all(&archive).unwrap();
+    crate::support::succeed(
+        Command::new(tools_python())
+            .arg("-c")
+            .arg("import shutil, sys; shutil.make_archive(sys.argv[1], 'zip', sys.argv[2], 'platformio-core-6.1.19')")
+            .arg(archive.join("v6.1.19"))
+            .arg(tree.parent().unwrap()),
+    );
+    let url = format!("file://{}", archive.join("v6.1.19.zip").display());
+    let upstream = release_fixture("55.03.37");
+    let hooked = h.w.dir.path().join("hooked-55.03.37.py");
+    fs::write(&hooked, hooked_by_install(h.w.dir.path(), &upstream)).unwrap();
+    let mut config = h.config(&hooked, "down", "minimal");
+    config["python_deps"] = json!({"platformio": url, "alpha": ">=1.0", "certifi": ">=2025.8.3"});
+    config["has_network"] = json!(false);
+    let (report, run) = h.run(&config, Binary::OnPath, &[]);
+    assert_eq!(report["exit"], Value::Null, "{}", run.stderr);
+    assert_eq!(
+        report["calls"][0]["status"], "installed",
+        "{report:#}\n{}",
+        run.stderr
+    );
+    assert!(
+        h.w.site_packages()
+            .join("pioarduino_core-6.1.19.dist-info")
+            .is_dir(),
+        "{}",
+        run.stderr
+    );
+    let (report, _) = h.run(&config, Binary::OnPath, &[]);
+    assert_eq!(report["calls"][0]["status"], "hit", "{report:#}");
+    assert_eq!(argv0s(&report), ["penv-guard"]);
+}
