@@ -16,3 +16,5 @@ mod platform;
 mod reliability;
 mod size;
 mod status;
+#[cfg(windows)]
+mod windows_platform;
