@@ -242,8 +242,8 @@ impl Run<'_> {
         let host = self.host_python(timeout)?;
         let mut uv = ctx.uv();
         let moved = matches!(reason, MissReason::PenvMoved { .. }).then(|| reason.to_string());
-        if let Some(why) = moved.or_else(|| self.needs_new_venv(host.as_ref())) {
-            let Some(host) = &host else {
+        if let Some(why) = moved.or_else(|| self.needs_new_venv(host.as_ref().map(|(_, h)| h))) {
+            let Some((python, host)) = &host else {
                 return Err(Error::PythonNotFound {
                     python: ctx
                         .explicit_python
@@ -257,8 +257,8 @@ impl Run<'_> {
                 ctx.penv.root.display(),
                 host.version
             ));
-            let python = PathBuf::from(&host.path);
-            uv::create_venv(uv.as_deref(), &python, &ctx.penv, timeout, lock.file())?;
+            // The path itself, not its recorded text: uv gets the interpreter as the OS spells it.
+            uv::create_venv(uv.as_deref(), python, &ctx.penv, timeout, lock.file())?;
             phases.end("venv");
         }
         let uv = if let Some(uv) = uv.take() {
@@ -331,7 +331,8 @@ impl Run<'_> {
         phases.end("validate");
         let state = self.record(
             None,
-            host.filter(|_| ctx.explicit_python.is_some()),
+            host.map(|(_, h)| h)
+                .filter(|_| ctx.explicit_python.is_some()),
             uv::uv_version(&uv),
             checked,
             phases,
@@ -344,16 +345,18 @@ impl Run<'_> {
         Ok(state)
     }
 
-    fn host_python(&self, timeout: Duration) -> Result<Option<HostPython>> {
+    /// The host Python's path and what the state records of it.
+    fn host_python(&self, timeout: Duration) -> Result<Option<(PathBuf, HostPython)>> {
         let Some(path) = self.ctx.host_python() else {
             return Ok(None);
         };
         let (version, _) = uv::query_python(&path, timeout)?;
-        Ok(Some(HostPython {
+        let host = HostPython {
             path: path_text(&path),
             stamp: Stamp::of(&path),
             version,
-        }))
+        };
+        Ok(Some((path, host)))
     }
 
     /// Why the penv must be (re)created, if it must.
@@ -378,7 +381,8 @@ impl Run<'_> {
         }
         if let Some(created_at) = penv.created_at()
             && path_text(&created_at) != path_text(&penv.root)
-            && std::fs::canonicalize(&created_at).ok() != std::fs::canonicalize(&penv.root).ok()
+            && crate::os::path::canonical(&created_at).ok()
+                != crate::os::path::canonical(&penv.root).ok()
         {
             return Some(format!(
                 "the venv was created at {} and moved here (venvs are not relocatable)",
@@ -551,13 +555,5 @@ struct EnsureReport<'a, T> {
 
 /// A penv whose interpreter is missing or cannot be run is recreated, not handed to uv.
 fn is_executable(path: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    }
-    #[cfg(not(unix))]
-    {
-        path.is_file()
-    }
+    crate::os::fs::is_executable(path)
 }
