@@ -27,8 +27,9 @@
 //!   while sleeping or hanging, so a test sees when each process really ran (a killed one stops
 //!   ticking and writes no `end`).
 //! - `PENV_GUARD_STAND_IN_SLEEP=<seconds>`: `uv pip install` sleeps (ticking) before installing.
-//! - `PENV_GUARD_STAND_IN_GRANDCHILD=1`: `uv pip install` first starts a `--stand-in-hang`
-//!   grandchild that never exits by itself (within 60 s) and holds no pipe.
+//! - `PENV_GUARD_STAND_IN_GRANDCHILD=venv` (or `pip`): `uv venv` (or `uv pip install`) first
+//!   starts a `--stand-in-hang` grandchild that never exits by itself (within 60 s) and holds no
+//!   pipe, waits until the grandchild has logged its start, then goes on as usual.
 
 use std::fs;
 use std::io::Write as _;
@@ -171,10 +172,40 @@ fn uv(exe: &Path, args: &[String]) -> Result<(), String> {
             println!("uv 0.0.0 (penv-guard stand-in)");
             Ok(())
         }
-        Some("venv") => venv(args),
-        Some("pip") if args.get(1).is_some_and(|a| a == "install") => pip_install(exe, args),
+        Some("venv") => {
+            leave_grandchild(exe, "venv")?;
+            venv(args)
+        }
+        Some("pip") if args.get(1).is_some_and(|a| a == "install") => {
+            leave_grandchild(exe, "pip")?;
+            pip_install(args)
+        }
         _ => Err(format!("this command is not imitated: {args:?}")),
     }
+}
+
+/// Starts a grandchild that hangs, when `PENV_GUARD_STAND_IN_GRANDCHILD` names `command`.
+fn leave_grandchild(exe: &Path, command: &str) -> Result<(), String> {
+    if std::env::var_os("PENV_GUARD_STAND_IN_GRANDCHILD").is_none_or(|c| c != command) {
+        return Ok(());
+    }
+    let grandchild = std::process::Command::new(exe)
+        .arg("--stand-in-hang")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the grandchild: {e}"))?;
+    // Going on only once it runs, so that a test sees it was running when this one exited.
+    let started = format!("{} start ", grandchild.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Some(path) = std::env::var_os("PENV_GUARD_STAND_IN_LOG")
+        && Instant::now() < deadline
+        && !fs::read_to_string(path).is_ok_and(|log| log.lines().any(|l| l.starts_with(&started)))
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 fn venv(args: &[String]) -> Result<(), String> {
@@ -194,18 +225,9 @@ fn venv(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn pip_install(exe: &Path, args: &[String]) -> Result<(), String> {
+fn pip_install(args: &[String]) -> Result<(), String> {
     let python = value_of(args, "--python").ok_or("no --python")?;
     let requirements = value_of(args, "-r").ok_or("no -r")?;
-    if std::env::var_os("PENV_GUARD_STAND_IN_GRANDCHILD").is_some() {
-        std::process::Command::new(exe)
-            .arg("--stand-in-hang")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start the grandchild: {e}"))?;
-    }
     if let Some(seconds) = std::env::var("PENV_GUARD_STAND_IN_SLEEP")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())

@@ -4,6 +4,9 @@
 //! environment variable for `--no-index` (`UV_NO_INDEX` is silently ignored), so without this
 //! the tests would consult PyPI.
 
+// On Windows only `stand_in` and the command helpers are used (see main.rs).
+#![cfg_attr(windows, allow(dead_code))]
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -363,6 +366,11 @@ impl World {
     }
 }
 
+/// Windows has no executable bit: a file runs by its extension.
+#[cfg(windows)]
+pub fn set_executable(_: &Path) {}
+
+#[cfg(unix)]
 pub fn set_executable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -620,7 +628,7 @@ pub mod stand_in {
     #[derive(Debug, Clone, PartialEq)]
     pub struct Event {
         pub pid: u32,
-        pub event: String,
+        pub kind: String,
         pub at: f64,
         pub role: String,
     }
@@ -689,7 +697,7 @@ pub mod stand_in {
                     let mut parts = line.split_whitespace();
                     Some(Event {
                         pid: parts.next()?.parse().ok()?,
-                        event: parts.next()?.to_owned(),
+                        kind: parts.next()?.to_owned(),
                         at: parts.next()?.parse().ok()?,
                         role: parts.next()?.to_owned(),
                     })
