@@ -176,8 +176,8 @@ impl fmt::Display for Error {
                 )?;
                 if let Some(owner) = owner {
                     write!(f, " (it belongs to uid {owner}")?;
-                    if let Some(uid) = crate::os::fs::current_uid() {
-                        write!(f, ", you are uid {uid}")?;
+                    if let Some(me) = crate::os::lock::current_uid() {
+                        write!(f, ", you are uid {me}")?;
                     }
                     f.write_str(")")?;
                 }

@@ -15,9 +15,6 @@
 //!   within seconds gets the old one back, "tunnelling").
 //! - Without Unix modes (Windows) a mode reads as `None` and setting one does nothing.
 
-#[cfg(not(any(unix, windows)))]
-compile_error!("penv-guard supports Unix and Windows");
-
 #[cfg_attr(unix, path = "fs/unix.rs")]
 #[cfg_attr(windows, path = "fs/windows.rs")]
 mod imp;
@@ -28,9 +25,9 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use imp::{
-    DirHandle, allocated_bytes, current_uid, hard_link_id, is_executable, is_fifo, mode, mtime_ns,
-    open_dir, read_options, refusal, remove_file, retrying, set_blocking, set_mode, special_kind,
-    stamp, stamp_at,
+    DirHandle, allocated_bytes, hard_link_id, is_executable, is_fifo, mode, mtime_ns, open_dir,
+    read_options, refusal, remove_file, retrying, set_blocking, set_mode, special_kind, stamp,
+    stamp_at,
 };
 
 #[cfg(test)]

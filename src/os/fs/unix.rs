@@ -162,10 +162,6 @@ pub fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-pub fn current_uid() -> Option<u32> {
-    Some(rustix::process::getuid().as_raw())
-}
-
 /// Runs `op` once: a rename or removal on Unix does not fail because a reader has the file open.
 pub fn retrying<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     op()

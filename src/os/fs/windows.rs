@@ -145,10 +145,6 @@ pub fn is_executable(path: &Path) -> bool {
     path.is_file()
 }
 
-pub fn current_uid() -> Option<u32> {
-    None
-}
-
 /// Whether another process holding the file explains the error (access denied while it is open
 /// without delete sharing or pending deletion, a sharing or a lock violation).
 fn is_held_elsewhere(e: &io::Error) -> bool {
