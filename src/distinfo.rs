@@ -461,15 +461,24 @@ tests/__init__.py,,
 
     #[test]
     fn direct_url_of_an_editable_local_install() {
-        let parsed = parse_direct_url(
-            r#"{"url": "file:///opt/pio/packages/tool-esptoolpy%20x", "dir_info": {"editable": true}}"#,
-        )
+        // A file URL names a path of this OS (a drive on Windows).
+        let (url, dir) = if cfg!(windows) {
+            (
+                "file:///C:/pio/tool-esptoolpy%20x",
+                r"C:\pio\tool-esptoolpy x",
+            )
+        } else {
+            (
+                "file:///opt/pio/tool-esptoolpy%20x",
+                "/opt/pio/tool-esptoolpy x",
+            )
+        };
+        let parsed = parse_direct_url(&format!(
+            r#"{{"url": "{url}", "dir_info": {{"editable": true}}}}"#
+        ))
         .unwrap();
         assert!(parsed.editable);
-        assert_eq!(
-            parsed.dir,
-            Some(PathBuf::from("/opt/pio/packages/tool-esptoolpy x"))
-        );
+        assert_eq!(parsed.dir, Some(PathBuf::from(dir)));
         let remote = parse_direct_url(r#"{"url": "https://x/y.whl", "archive_info": {}}"#).unwrap();
         assert_eq!(
             remote,

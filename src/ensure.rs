@@ -89,7 +89,7 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
     // in common. Always in this order, so two penv-guards never wait for each other in a cycle.
     std::fs::create_dir_all(&run.ctx.penv.root)
         .map_err(|e| Error::io("create the directory", &run.ctx.penv.root, e))?;
-    let inner = lock::acquire(&LockRequest {
+    let mut inner = lock::acquire(&LockRequest {
         lock_path: &run.ctx.penv.inner_lock_path(),
         holder_path: &run.ctx.penv.inner_holder_path(),
         timeout: lock_timeout.saturating_sub(lock_started.elapsed()),
@@ -258,8 +258,8 @@ impl Run<'_> {
         let host = self.host_python(timeout)?;
         let mut uv = ctx.uv();
         let moved = matches!(reason, MissReason::PenvMoved { .. }).then(|| reason.to_string());
-        if let Some(why) = moved.or_else(|| self.needs_new_venv(host.as_ref())) {
-            let Some(host) = &host else {
+        if let Some(why) = moved.or_else(|| self.needs_new_venv(host.as_ref().map(|(_, h)| h))) {
+            let Some((python, host)) = &host else {
                 return Err(Error::PythonNotFound {
                     python: ctx
                         .explicit_python
@@ -273,8 +273,8 @@ impl Run<'_> {
                 ctx.penv.root.display(),
                 host.version
             ));
-            let python = PathBuf::from(&host.path);
-            uv::create_venv(uv.as_deref(), &python, &ctx.penv, timeout, lock.file())?;
+            // The path itself, not its recorded text: uv gets the interpreter as the OS spells it.
+            uv::create_venv(uv.as_deref(), python, &ctx.penv, timeout, lock.file())?;
             phases.end("venv");
         }
         let uv = if let Some(uv) = uv.take() {
@@ -347,7 +347,8 @@ impl Run<'_> {
         phases.end("validate");
         let state = self.record(
             None,
-            host.filter(|_| ctx.explicit_python.is_some()),
+            host.map(|(_, h)| h)
+                .filter(|_| ctx.explicit_python.is_some()),
             uv::uv_version(&uv),
             checked,
             phases,
@@ -360,16 +361,18 @@ impl Run<'_> {
         Ok(state)
     }
 
-    fn host_python(&self, timeout: Duration) -> Result<Option<HostPython>> {
+    /// The host Python's path and what the state records of it.
+    fn host_python(&self, timeout: Duration) -> Result<Option<(PathBuf, HostPython)>> {
         let Some(path) = self.ctx.host_python() else {
             return Ok(None);
         };
         let (version, _) = uv::query_python(&path, timeout)?;
-        Ok(Some(HostPython {
+        let host = HostPython {
             path: path_text(&path),
             stamp: Stamp::of(&path),
             version,
-        }))
+        };
+        Ok(Some((path, host)))
     }
 
     /// Why the penv must be (re)created, if it must.
@@ -394,7 +397,8 @@ impl Run<'_> {
         }
         if let Some(created_at) = penv.created_at()
             && path_text(&created_at) != path_text(&penv.root)
-            && std::fs::canonicalize(&created_at).ok() != std::fs::canonicalize(&penv.root).ok()
+            && crate::os::path::canonical(&created_at).ok()
+                != crate::os::path::canonical(&penv.root).ok()
         {
             return Some(format!(
                 "the venv was created at {} and moved here (venvs are not relocatable)",
@@ -610,13 +614,5 @@ struct EnsureReport<'a, T> {
 
 /// A penv whose interpreter is missing or cannot be run is recreated, not handed to uv.
 fn is_executable(path: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    }
-    #[cfg(not(unix))]
-    {
-        path.is_file()
-    }
+    crate::os::fs::is_executable(path)
 }

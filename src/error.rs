@@ -199,8 +199,9 @@ impl fmt::Display for Error {
                 )?;
                 if let Some(owner) = owner {
                     write!(f, " (it belongs to uid {owner}")?;
-                    #[cfg(unix)]
-                    write!(f, ", you are uid {}", rustix::process::getuid().as_raw())?;
+                    if let Some(me) = crate::os::lock::current_uid() {
+                        write!(f, ", you are uid {me}")?;
+                    }
                     f.write_str(")")?;
                 }
                 f.write_str(

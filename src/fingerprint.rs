@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::cli::FingerprintArgs;
 use crate::error::{Error, Result};
 use crate::messages;
+use crate::os;
 use crate::state::{self, FingerprintInput, path_text};
 use crate::uv;
 use crate::verdict::Context;
@@ -62,9 +63,12 @@ pub fn input(
     python_version: Option<String>,
     interpreter: Option<&Path>,
 ) -> Result<FingerprintInput> {
-    let interpreter = interpreter
-        .map(Path::to_path_buf)
-        .or_else(|| std::fs::canonicalize(ctx.penv.python()).ok());
+    // Both sides resolved the same way, so the key printed before an install (from the host
+    // Python's base executable) equals the one recorded after it (from the penv).
+    let interpreter = match interpreter {
+        Some(path) => Some(os::path::canonical(path).unwrap_or_else(|_| path.to_path_buf())),
+        None => ctx.penv.base_interpreter(),
+    };
     Ok(FingerprintInput {
         schema: state::FINGERPRINT_SCHEMA,
         deps: ctx.deps()?.canonical_lines(),
@@ -74,7 +78,7 @@ pub fn input(
         esptool_dir: ctx
             .esptool_dir
             .as_deref()
-            .map(|d| path_text(&std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()))),
+            .map(|d| path_text(&os::path::canonical(d).unwrap_or_else(|_| d.to_path_buf()))),
         os: std::env::consts::OS.to_owned(),
         arch: std::env::consts::ARCH.to_owned(),
     })

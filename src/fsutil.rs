@@ -3,15 +3,20 @@
 //! - Reads never block and never exhaust memory: files are opened non-blocking, must be regular
 //!   files (a FIFO, device, socket or directory is refused before any read), and are read up to a
 //!   cap. penv-guard's own files are also opened without following a symlink.
-//! - Writes are atomic: a temp file in the same directory, then rename. The rename replaces a
-//!   symlink at the destination instead of writing through it. New files follow the umask, as
-//!   uv's own files do, so a penv shared by several users stays readable by them.
+//! - Writes are atomic: a temp file in the same directory, then rename ([`os::fs::replace`],
+//!   retried on Windows while another process holds the target). The rename replaces a symlink
+//!   at the destination instead of writing through it. New files follow the umask, as uv's own
+//!   files do, so a penv shared by several users stays readable by them.
+//! - What is at a path is named the same on every OS: a directory is "a directory" (not
+//!   Windows' "access denied"), a symlink not followed is "a symlink".
 //! - Timestamps are read in nanoseconds and saturate instead of overflowing.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+
+use crate::os;
 
 /// The prefix of penv-guard's temp files; [`sweep_temp_files`] removes stale ones.
 pub const TEMP_PREFIX: &str = ".penv-guard-tmp-";
@@ -47,16 +52,6 @@ impl std::fmt::Display for ReadError {
     }
 }
 
-#[cfg(unix)]
-fn open_flags(follow: Follow) -> i32 {
-    use rustix::fs::OFlags;
-    let mut flags = OFlags::NONBLOCK | OFlags::CLOEXEC;
-    if follow == Follow::Never {
-        flags |= OFlags::NOFOLLOW;
-    }
-    i32::try_from(flags.bits()).unwrap_or(0)
-}
-
 /// Opens `path` for reading without blocking; `Err(NotRegular)` for anything but a regular file.
 pub fn open_regular(path: &Path, follow: Follow) -> Result<File, ReadError> {
     open_regular_sized(path, follow).map(|(file, _)| file)
@@ -64,17 +59,11 @@ pub fn open_regular(path: &Path, follow: Follow) -> Result<File, ReadError> {
 
 /// [`open_regular`], and the file's length when it was opened.
 fn open_regular_sized(path: &Path, follow: Follow) -> Result<(File, u64), ReadError> {
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut options = OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    options.custom_flags(open_flags(follow));
-    let file = match options.open(path) {
+    let follow_symlinks = follow == Follow::Symlinks;
+    let file = match os::fs::read_options(follow_symlinks).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
-        Err(e) if is_symlink_refusal(&e, follow) => return Err(ReadError::NotRegular("a symlink")),
-        Err(e) => return Err(ReadError::Io(e)),
+        Err(e) => return Err(refused(&e, path, follow_symlinks).unwrap_or(ReadError::Io(e))),
     };
     let meta = file.metadata().map_err(ReadError::Io)?;
     let kind = meta.file_type();
@@ -84,31 +73,15 @@ fn open_regular_sized(path: &Path, follow: Follow) -> Result<(File, u64), ReadEr
     Ok((file, meta.len()))
 }
 
-fn is_symlink_refusal(e: &io::Error, follow: Follow) -> bool {
-    #[cfg(unix)]
-    {
-        follow == Follow::Never && e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (e, follow);
-        false
-    }
+/// An open's error as [`ReadError::NotRegular`] when it says what is at `path` (a symlink not
+/// followed, a directory), the same on every OS.
+fn refused(e: &io::Error, path: &Path, follow_symlinks: bool) -> Option<ReadError> {
+    os::fs::refusal(e, path, follow_symlinks).map(ReadError::NotRegular)
 }
 
 pub fn kind_name(kind: fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt as _;
-        if kind.is_fifo() {
-            return "a FIFO";
-        }
-        if kind.is_char_device() || kind.is_block_device() {
-            return "a device";
-        }
-        if kind.is_socket() {
-            return "a socket";
-        }
+    if let Some(special) = os::fs::special_kind(kind) {
+        return special;
     }
     if kind.is_dir() {
         "a directory"
@@ -125,19 +98,9 @@ pub fn kind_name(kind: fs::FileType) -> &'static str {
 /// through a symlink (`NotRegular("a symlink")`), never blocking, only a regular file, new files
 /// following the umask. The file is never written; it only carries an flock.
 pub fn open_lock_file(path: &Path) -> Result<File, ReadError> {
-    let mut options = OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o666).custom_flags(open_flags(Follow::Never));
-    }
-    let file = match options.open(path) {
+    let file = match os::fs::lock_options().open(path) {
         Ok(file) => file,
-        Err(e) if is_symlink_refusal(&e, Follow::Never) => {
-            return Err(ReadError::NotRegular("a symlink"));
-        }
-        Err(e) => return Err(ReadError::Io(e)),
+        Err(e) => return Err(refused(&e, path, false).unwrap_or(ReadError::Io(e))),
     };
     let kind = file.metadata().map_err(ReadError::Io)?.file_type();
     if !kind.is_file() {
@@ -166,32 +129,17 @@ pub fn read_capped(path: &Path, cap: u64, follow: Follow) -> Result<Vec<u8>, Rea
 /// (`-r <(…)` works; a FIFO nobody writes to reads as empty instead of blocking the open), at
 /// most `cap` bytes. A directory, a device (`/dev/zero`) or a socket is refused.
 pub fn read_user_file(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut options = OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    options.custom_flags(open_flags(Follow::Symlinks));
-    let file = match options.open(path) {
+    let file = match os::fs::read_options(true).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
-        Err(e) => return Err(ReadError::Io(e)),
+        Err(e) => return Err(refused(&e, path, true).unwrap_or(ReadError::Io(e))),
     };
     let kind = file.metadata().map_err(ReadError::Io)?.file_type();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt as _;
-        if !(kind.is_file() || kind.is_fifo()) {
-            return Err(ReadError::NotRegular(kind_name(kind)));
-        }
-        // Opened without blocking; read blocking, so a pipe's writer is waited for.
-        rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
-            .map_err(|e| ReadError::Io(e.into()))?;
-    }
-    #[cfg(not(unix))]
-    if !kind.is_file() {
+    if !(kind.is_file() || os::fs::is_fifo(kind)) {
         return Err(ReadError::NotRegular(kind_name(kind)));
     }
+    // Opened without blocking; read blocking, so a pipe's writer is waited for.
+    os::fs::set_blocking(&file).map_err(ReadError::Io)?;
     let mut bytes = Vec::new();
     file.take(cap + 1)
         .read_to_end(&mut bytes)
@@ -216,23 +164,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> 
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(TEMP_PREFIX);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        builder.permissions(fs::Permissions::from_mode(0o666));
-    }
-    let mut temp = builder.tempfile_in(dir)?;
+    let mut temp = os::fs::temp_file(dir, TEMP_PREFIX)?;
     temp.write_all(bytes)?;
     if durable {
         temp.as_file().sync_all()?;
     }
+    let temp = temp.into_temp_path();
     #[cfg(feature = "test-hooks")]
-    crate::test_hooks::before_rename(path, temp)?;
-    #[cfg(not(feature = "test-hooks"))]
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::test_hooks::before_rename(path, &temp);
+    os::fs::replace(temp, path)
 }
 
 /// Removes temp files a crashed writer left in `dir` (older than a minute, so a live writer's
@@ -257,42 +197,12 @@ pub fn sweep_temp_files(dir: &Path) {
 }
 
 /// Modification time in nanoseconds since the epoch (saturating; never panics on odd times).
-#[cfg(unix)]
 pub fn mtime_ns(m: &fs::Metadata) -> i64 {
-    use std::os::unix::fs::MetadataExt;
-    seconds_and_nanos(m.mtime(), m.mtime_nsec())
-}
-
-#[cfg(not(unix))]
-pub fn mtime_ns(m: &fs::Metadata) -> i64 {
-    m.modified().map_or(0, system_time_ns)
-}
-
-#[cfg(unix)]
-pub fn ctime_ns(m: &fs::Metadata) -> i64 {
-    use std::os::unix::fs::MetadataExt;
-    seconds_and_nanos(m.ctime(), m.ctime_nsec())
-}
-
-#[cfg(not(unix))]
-pub fn ctime_ns(m: &fs::Metadata) -> i64 {
-    m.created().map_or(0, system_time_ns)
-}
-
-#[cfg(unix)]
-pub fn seconds_and_nanos(seconds: i64, nanos: i64) -> i64 {
-    seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
-}
-
-pub fn system_time_ns(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
-    }
+    os::fs::mtime_ns(m)
 }
 
 pub fn now_ns() -> i64 {
-    system_time_ns(SystemTime::now())
+    os::fs::system_time_ns(SystemTime::now())
 }
 
 /// `path` with every symlink resolved, also when it does not exist yet: the deepest existing
@@ -302,7 +212,7 @@ pub fn real_path(path: &Path) -> PathBuf {
     let mut missing = Vec::new();
     let mut existing = path;
     loop {
-        if let Ok(real) = fs::canonicalize(existing) {
+        if let Ok(real) = os::path::canonical(existing) {
             return missing
                 .iter()
                 .rev()
@@ -322,6 +232,76 @@ pub fn real_path(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_directory_or_a_file_over_the_cap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for follow in [Follow::Never, Follow::Symlinks] {
+            assert!(matches!(
+                read_capped(dir.path(), 10, follow),
+                Err(ReadError::NotRegular("a directory"))
+            ));
+        }
+        let big = dir.path().join("big");
+        fs::write(&big, [0u8; 11]).unwrap();
+        assert!(matches!(
+            read_capped(&big, 10, Follow::Never),
+            Err(ReadError::TooLarge(10))
+        ));
+        assert_eq!(read_capped(&big, 11, Follow::Never).unwrap().len(), 11);
+    }
+
+    #[test]
+    fn a_directory_at_a_lock_path_is_named_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            open_lock_file(dir.path()),
+            Err(ReadError::NotRegular("a directory"))
+        ));
+        assert!(matches!(
+            read_user_file(dir.path(), 10),
+            Err(ReadError::NotRegular("a directory"))
+        ));
+    }
+
+    #[test]
+    fn a_write_replaces_a_file_that_penv_guard_is_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        write_atomic(&state, b"old", true).unwrap();
+        // A hit reading the state while an install writes it. Windows replaces a file open with
+        // delete sharing at once (a POSIX-semantics rename); Wine only once it is closed, which
+        // the write waits for.
+        let reader = open_regular(&state, Follow::Never).unwrap();
+        let reading = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(reader);
+        });
+        write_atomic(&state, b"new", true).unwrap();
+        reading.join().unwrap();
+        assert_eq!(fs::read(&state).unwrap(), b"new");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "no temp file left");
+    }
+
+    #[test]
+    fn real_path_of_a_path_not_there_yet_is_its_real_parent_and_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let penv = dir.path().join("core").join("penv");
+        let before = real_path(&penv);
+        assert_eq!(
+            before,
+            os::path::canonical(dir.path())
+                .unwrap()
+                .join("core")
+                .join("penv")
+        );
+        assert!(!os::path::text(&before).starts_with(r"\\?\"));
+        fs::create_dir_all(&penv).unwrap();
+        assert_eq!(real_path(&penv), before);
+    }
+
+    // Windows has no FIFOs, and no symlinks without a privilege.
+    #[cfg(unix)]
     #[test]
     fn special_files_are_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
@@ -351,15 +331,10 @@ mod tests {
             read_capped(&link, 10, Follow::Symlinks),
             Err(ReadError::NotRegular("a device"))
         ));
-        let big = dir.path().join("big");
-        fs::write(&big, [0u8; 11]).unwrap();
-        assert!(matches!(
-            read_capped(&big, 10, Follow::Never),
-            Err(ReadError::TooLarge(10))
-        ));
-        assert_eq!(read_capped(&big, 11, Follow::Never).unwrap().len(), 11);
     }
 
+    // A symlink needs a privilege on Windows.
+    #[cfg(unix)]
     #[test]
     fn real_path_resolves_symlinks_before_the_path_exists() {
         let dir = tempfile::tempdir().unwrap();
@@ -375,6 +350,8 @@ mod tests {
         assert_eq!(fs::canonicalize(&penv).unwrap(), before);
     }
 
+    // A symlink needs a privilege on Windows.
+    #[cfg(unix)]
     #[test]
     fn atomic_writes_replace_a_symlink_instead_of_following_it() {
         let dir = tempfile::tempdir().unwrap();

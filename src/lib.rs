@@ -13,6 +13,7 @@ pub mod history;
 pub mod lock;
 pub mod markers;
 pub mod messages;
+pub mod os;
 pub mod penv;
 pub mod phases;
 pub mod platform;

@@ -7,13 +7,19 @@
 //!   old inode and a newcomer creating a new one both "hold" the lock (PlatformIO's race).
 //! - It is opened without following a symlink and must be a regular file: a dangling symlink
 //!   there never makes penv-guard create a file somewhere else.
-//! - A child that changes the penv inherits the lock's open file (see `process`), so the lock is
-//!   held until that child is gone, even if penv-guard itself is killed.
+//! - If penv-guard is killed, no install goes on without the lock (`os::process`): on Unix the
+//!   child that changes the penv inherits the lock's open file and keeps the lock until it is
+//!   gone; on Windows, where a lock dies with the process that took it, every child dies with
+//!   penv-guard.
 //! - It is not uv's `<venv>/.lock`: our child `uv pip install` takes that one itself.
 //! - The kernel releases the lock when its holder dies, so there is no staleness heuristic.
 //! - Who holds it (pid, command, since when) is kept in a separate file, `<penv>.penv-guard.holder`,
 //!   written after the lock is taken and removed before it is released; it is only ever
-//!   informational, and a record naming a process that no longer exists is ignored.
+//!   informational, and a record whose holder is gone is ignored (`os::lock::holder_alive`).
+//! - A lock file deleted or replaced while a waiter waited is noticed by identity
+//!   (`os::lock::is_same_file`): only the file still at the path is the lock.
+//! - On a normal exit the lock is released explicitly after the record is removed
+//!   (`os::lock::release`: Windows may delay the release at process end).
 //! - The deadline is enforced outside the locking syscall (a helper thread blocks in flock, the
 //!   caller waits on a channel), because flock on network filesystems can hang even when
 //!   non-blocking, and because a blocked flock is woken at once when the holder releases.
@@ -29,11 +35,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Follow, ReadError};
+use crate::os;
 
 #[derive(Debug)]
 pub struct PenvLock {
     file: Option<File>,
     holder_path: PathBuf,
+    /// Its entry among the locks children inherit with the one they get as stdin.
+    companion: Option<usize>,
     pub waited: Duration,
 }
 
@@ -45,53 +54,53 @@ impl PenvLock {
 
     /// Makes this lock a companion of the one handed to children as stdin: every child that
     /// keeps the penv lock (see `process`) also inherits this file while it runs, so on Unix a
-    /// killed penv-guard's `uv pip install` keeps both locks until it is gone. (Windows releases
-    /// a `LockFileEx` lock with its process; there the children die with penv-guard instead.)
-    pub fn keep_for_children(&self) {
-        #[cfg(unix)]
+    /// killed penv-guard's `uv pip install` keeps both locks until it is gone. Windows releases a
+    /// `LockFileEx` lock with the process that took it, whoever else has the file; there the
+    /// children die with penv-guard instead (`os::process`), and nothing is registered.
+    pub fn keep_for_children(&mut self) {
+        if !os::lock::CHILDREN_KEEP_LOCKS || self.companion.is_some() {
+            return;
+        }
         if let Some(file) = self.file.as_ref().and_then(|f| f.try_clone().ok()) {
-            companions().push(file);
+            let mut companions = companions();
+            let token = companions.iter().map(|(t, _)| t + 1).max().unwrap_or(0);
+            companions.push((token, file));
+            self.companion = Some(token);
         }
     }
 }
 
-#[cfg(unix)]
-fn companions() -> std::sync::MutexGuard<'static, Vec<File>> {
-    static COMPANIONS: std::sync::Mutex<Vec<File>> = std::sync::Mutex::new(Vec::new());
+fn companions() -> std::sync::MutexGuard<'static, Vec<(usize, File)>> {
+    static COMPANIONS: std::sync::Mutex<Vec<(usize, File)>> = std::sync::Mutex::new(Vec::new());
     COMPANIONS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Spawns a child that keeps the penv lock: the companion locks are inheritable only during this
-/// spawn, so children that do not change the penv (the import check) never hold them.
-pub fn spawn_holding(command: &mut std::process::Command) -> io::Result<std::process::Child> {
-    #[cfg(unix)]
-    {
-        let companions = companions();
-        for file in companions.iter() {
-            rustix::io::fcntl_setfd(file, rustix::io::FdFlags::empty())?;
-        }
-        let child = command.spawn();
-        for file in companions.iter() {
-            let _ = rustix::io::fcntl_setfd(file, rustix::io::FdFlags::CLOEXEC);
-        }
-        child
+/// Runs `spawn` (a child that keeps the penv lock) with the companion locks inheritable, and
+/// only then: children that do not change the penv (the import check) never hold them.
+pub fn spawning_with_companions<T>(spawn: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let companions = companions();
+    for (_, file) in companions.iter() {
+        os::lock::set_inherited(file, true)?;
     }
-    #[cfg(not(unix))]
-    command.spawn()
+    let spawned = spawn();
+    for (_, file) in companions.iter() {
+        let _ = os::lock::set_inherited(file, false);
+    }
+    spawned
 }
 
 impl Drop for PenvLock {
     fn drop(&mut self) {
-        #[cfg(unix)]
-        if let Some(file) = &self.file {
-            companions().retain(|c| !same_open_file(c, file));
+        if let Some(token) = self.companion {
+            companions().retain(|(t, _)| *t != token);
         }
         // Still locked here: the record goes before the lock does.
-        if self.file.is_some() {
-            crate::process::set_holder_record(None);
+        if let Some(file) = &self.file {
+            crate::process::forget_holder_record(&self.holder_path);
             let _ = std::fs::remove_file(&self.holder_path);
+            os::lock::release(file);
         }
     }
 }
@@ -114,11 +123,11 @@ impl Holder {
         }
     }
 
-    /// The recorded holder, if the record is readable and names a process that still exists.
+    /// The recorded holder, if the record is readable and its holder is not known to be gone.
     pub fn read(path: &Path) -> Option<Holder> {
         let bytes = fsutil::read_capped(path, 64 << 10, Follow::Never).ok()?;
         let holder: Holder = serde_json::from_slice(&bytes).ok()?;
-        process_exists(holder.pid).then_some(holder)
+        os::lock::holder_alive(holder.pid, path).then_some(holder)
     }
 
     pub fn describe(holder: Option<&Holder>) -> String {
@@ -135,21 +144,6 @@ impl Holder {
     }
 }
 
-#[cfg(unix)]
-fn process_exists(pid: u32) -> bool {
-    use rustix::process::{Pid, test_kill_process};
-    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
-        return false;
-    };
-    // EPERM: it exists, under another user.
-    !matches!(test_kill_process(pid), Err(rustix::io::Errno::SRCH))
-}
-
-#[cfg(not(unix))]
-fn process_exists(_: u32) -> bool {
-    true
-}
-
 pub enum Probe {
     Free,
     Held(Option<Holder>),
@@ -162,7 +156,10 @@ pub fn probe(lock_path: &Path, holder_path: &Path) -> Probe {
         return Probe::Free;
     };
     match file.try_lock() {
-        Ok(()) => Probe::Free,
+        Ok(()) => {
+            os::lock::release(&file);
+            Probe::Free
+        }
         Err(std::fs::TryLockError::WouldBlock) => Probe::Held(Holder::read(holder_path)),
         Err(std::fs::TryLockError::Error(e)) => Probe::Unsupported(e),
     }
@@ -184,12 +181,13 @@ pub fn acquire(request: &LockRequest<'_>) -> Result<PenvLock> {
             return Ok(PenvLock {
                 file: None,
                 holder_path: request.holder_path.to_path_buf(),
+                companion: None,
                 waited: Duration::ZERO,
             });
         };
         // A lock file deleted (and perhaps recreated) while we waited is not the lock the next
         // process will take: only the file that is still at the path counts.
-        if is_still_at(&file, request.lock_path) {
+        if os::lock::is_same_file(&file, request.lock_path) {
             break file;
         }
     };
@@ -200,11 +198,13 @@ pub fn acquire(request: &LockRequest<'_>) -> Result<PenvLock> {
         && let Ok(bytes) = serde_json::to_vec(&Holder::current())
         && fsutil::write_atomic(request.holder_path, &bytes, false).is_ok()
     {
-        crate::process::set_holder_record(Some(request.holder_path.to_path_buf()));
+        let mark = os::lock::mark_holder_record(request.holder_path);
+        crate::process::add_holder_record(request.holder_path.to_path_buf(), mark);
     }
     Ok(PenvLock {
         file: Some(file),
         holder_path: request.holder_path.to_path_buf(),
+        companion: None,
         waited: start.elapsed(),
     })
 }
@@ -247,29 +247,6 @@ fn lock_once(
     }
 }
 
-#[cfg(unix)]
-fn same_open_file(a: &File, b: &File) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (a.metadata(), b.metadata()) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => false,
-    }
-}
-
-#[cfg(unix)]
-fn is_still_at(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (file.metadata(), fs::symlink_metadata(path)) {
-        (Ok(open), Ok(at_path)) => (open.dev(), open.ino()) == (at_path.dev(), at_path.ino()),
-        _ => false,
-    }
-}
-
-#[cfg(not(unix))]
-fn is_still_at(_: &File, path: &Path) -> bool {
-    path.is_file()
-}
-
 /// Opens (creating if needed) the lock file: never through a symlink, never a special file,
 /// never blocking on open. New files follow the umask.
 fn open(path: &Path) -> Result<File> {
@@ -277,7 +254,7 @@ fn open(path: &Path) -> Result<File> {
         ReadError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             Error::LockPermission {
                 path: path.to_path_buf(),
-                owner: owner_of(path),
+                owner: os::lock::owner_of(path),
             }
         }
         ReadError::NotRegular(kind) => Error::Usage(format!(
@@ -292,20 +269,6 @@ fn open(path: &Path) -> Result<File> {
             std::io::Error::other(other.to_string()),
         ),
     })
-}
-
-#[cfg(unix)]
-fn owner_of(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt as _;
-    fs::metadata(path)
-        .ok()
-        .or_else(|| fs::metadata(path.parent()?).ok())
-        .map(|m| m.uid())
-}
-
-#[cfg(not(unix))]
-fn owner_of(_: &Path) -> Option<u32> {
-    None
 }
 
 fn unsupported(request: &LockRequest<'_>, e: io::Error) -> Result<Option<File>> {

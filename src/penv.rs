@@ -94,6 +94,24 @@ impl Penv {
         })
     }
 
+    /// The real path of the interpreter the penv runs: `bin/python` resolved (on Unix a symlink
+    /// to the base interpreter), or, where that is a copy inside the penv (Windows'
+    /// `Scripts\python.exe`), the interpreter of `pyvenv.cfg`'s `home`. So it names what the host
+    /// Python names as its base executable before the penv exists (see `fingerprint`).
+    pub fn base_interpreter(&self) -> Option<PathBuf> {
+        let python = crate::os::path::canonical(&self.python()).ok()?;
+        let inside =
+            crate::os::path::canonical(&self.root).is_ok_and(|root| python.starts_with(root));
+        if !inside {
+            return Some(python);
+        }
+        let home = self.read_cfg().and_then(|cfg| cfg.home);
+        let base = home.and_then(|home| {
+            crate::os::path::canonical(&Path::new(&home).join(python.file_name()?)).ok()
+        });
+        Some(base.unwrap_or(python))
+    }
+
     pub fn pyvenv_cfg(&self) -> PathBuf {
         self.root.join("pyvenv.cfg")
     }
@@ -298,6 +316,47 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn the_base_interpreter_of_a_penv_with_a_copied_python_is_the_one_in_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("Python 3.11");
+        let penv = Penv {
+            root: dir.path().join("penv"),
+        };
+        let name = penv.python().file_name().unwrap().to_owned();
+        fs::create_dir_all(&home).unwrap();
+        fs::write(home.join(&name), b"base").unwrap();
+        fs::create_dir_all(penv.bin_dir()).unwrap();
+        // A copy, as `uv venv` makes on Windows (`Scripts\python.exe`).
+        fs::write(penv.python(), b"launcher").unwrap();
+        fs::write(
+            penv.pyvenv_cfg(),
+            format!("home = {}\nversion_info = 3.11.7\n", home.display()),
+        )
+        .unwrap();
+        let base = crate::os::path::canonical(&home.join(&name)).unwrap();
+        assert_eq!(penv.base_interpreter(), Some(base));
+    }
+
+    // A symlinked interpreter, as `uv venv` makes on Unix (Windows needs a privilege for one).
+    #[cfg(unix)]
+    #[test]
+    fn the_base_interpreter_of_a_penv_with_a_linked_python_is_the_link_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("python3.11");
+        fs::write(&real, b"base").unwrap();
+        let penv = Penv {
+            root: dir.path().join("penv"),
+        };
+        fs::create_dir_all(penv.bin_dir()).unwrap();
+        std::os::unix::fs::symlink(&real, penv.python()).unwrap();
+        fs::write(penv.pyvenv_cfg(), "home = /nonexistent\n").unwrap();
+        assert_eq!(
+            penv.base_interpreter(),
+            Some(fs::canonicalize(&real).unwrap())
+        );
     }
 
     #[test]

@@ -341,30 +341,14 @@ fn read_record(path: &Path) -> Option<Record> {
 /// Writes `bytes` to `path` atomically, with `mode` (the original's) on Unix.
 fn write_file(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
     fsutil::write_atomic(path, bytes, true).map_err(|e| Error::io("write", path, e))?;
-    #[cfg(unix)]
     if let Some(mode) = mode {
-        use std::os::unix::fs::PermissionsExt as _;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("set the mode of", path, e))?;
+        crate::os::fs::set_mode(path, mode).map_err(|e| Error::io("set the mode of", path, e))?;
     }
-    #[cfg(not(unix))]
-    let _ = mode;
     Ok(())
 }
 
 fn file_mode(path: &Path) -> Option<u32> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        fs::symlink_metadata(path)
-            .ok()
-            .map(|m| m.permissions().mode() & 0o7777)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
-    }
+    crate::os::fs::mode(path)
 }
 
 /// Deletes one of penv-guard's own files next to `penv_setup.py` (a regular file or nothing).

@@ -2,33 +2,37 @@
 //! and that never outlives penv-guard's lock.
 //!
 //! Invariants:
-//! - Every child runs in a process group of its own. When it exits, when its deadline passes, or
-//!   when penv-guard gets SIGTERM, SIGINT or SIGHUP, the whole group is killed before the lock
-//!   can be released: no install outlives its lock, and no grandchild that keeps running holds
-//!   the deadline hostage.
+//! - Every child runs in a process tree of its own (`os::process`: a process group on Unix, a
+//!   Job object on Windows). When it exits, when its deadline passes, or when penv-guard is
+//!   asked to stop (SIGTERM, SIGINT, SIGHUP; Ctrl-C, Ctrl-Break, closing the console), the whole
+//!   tree is killed before the lock can be released: no install outlives its lock, and no
+//!   grandchild that keeps running holds the deadline hostage.
 //! - Output goes to unnamed temp files, never to pipes: nothing waits for a pipe's end of file,
 //!   which a grandchild could hold open forever.
-//! - A child that changes the penv (`uv venv`, `uv pip install`) gets the lock's open file as its
-//!   stdin. The kernel keeps an flock until every holder of that open file has closed it, so even
-//!   if penv-guard dies by SIGKILL the lock is held until that child is gone.
-//! - The signal handler is installed only on the miss path; a hit costs nothing for it.
+//! - If penv-guard itself is killed, `os::process` says what still holds: on Unix the child that
+//!   changes the penv keeps the lock (it has the lock's open file as its stdin) until it is gone;
+//!   on Windows every child dies with penv-guard.
+//! - The stop handler is installed only on the miss path; a hit costs nothing for it.
 
 use std::fs::File;
 use std::io::{Read as _, Seek as _};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Mutex;
+
+use crate::os;
 use std::time::{Duration, Instant};
 
 const TAIL_LINES: usize = 25;
 const OUTPUT_CAP: u64 = 8 << 20;
 
-/// Process groups of the children running now, killed by the signal handler.
+/// The children running now ([`os::process::Contained::id`]), stopped by the stop handler.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-/// Set by the signal handler before it stops the children: the thread that waited for a child
+/// Set by the stop handler before it stops the children: the thread that waited for a child
 /// must not report the child's death as a failure, the handler ends the process.
 static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-/// penv-guard's holder record, removed by the signal handler while the lock is still held.
-static HOLDER: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+/// penv-guard's holder records (and their marks), one per lock it holds (beside the penv and
+/// inside it), removed by the stop handler while the locks are still held.
+static HOLDER: Mutex<Vec<(std::path::PathBuf, os::lock::RecordMark)>> = Mutex::new(Vec::new());
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stderr {
@@ -60,8 +64,8 @@ impl Output {
     }
 }
 
-/// Runs `command` until it exits or `timeout` passes, then kills its process group. `hold` is
-/// the lock file the child keeps while it runs (see the module invariants).
+/// Runs `command` until it exits or `timeout` passes, then kills its tree. `hold` is the lock
+/// file, for the child to keep where the OS lets it (see `os::process`).
 pub fn run(
     mut command: Command,
     timeout: Duration,
@@ -73,17 +77,11 @@ pub fn run(
         Stderr::Live => None,
         Stderr::Captured => Some(tempfile::tempfile()?),
     };
-    command.stdin(match hold {
-        Some(file) => Stdio::from(file.try_clone()?),
-        None => Stdio::null(),
-    });
     command.stdout(stdout_file.try_clone()?);
     command.stderr(match &stderr_file {
         Some(file) => Stdio::from(file.try_clone()?),
         None => Stdio::inherit(),
     });
-    #[cfg(unix)]
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
 
     let mut child = {
         // Held across spawn and registration, so a signal cannot slip in between.
@@ -91,9 +89,9 @@ pub fn run(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let child = if hold.is_some() {
-            crate::lock::spawn_holding(&mut command)?
+            crate::lock::spawning_with_companions(|| os::process::spawn(&mut command, hold))?
         } else {
-            command.spawn()?
+            os::process::spawn(&mut command, hold)?
         };
         children.push(child.id());
         child
@@ -106,21 +104,20 @@ pub fn run(
             break (Some(status), false);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            kill_group(child.id());
-            let _ = child.kill();
+            child.kill_tree();
             break (child.wait().ok(), true);
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(20));
     };
     if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
-        // The signal handler is ending the process with 128 + the signal; wait for it.
+        // The stop handler is ending the process; wait for it.
         loop {
             std::thread::park();
         }
     }
-    // Whatever the child left running in its group is an orphan of this run.
-    kill_group(child.id());
+    // Whatever the child left running in its tree is an orphan of this run.
+    child.kill_tree();
     CHILDREN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -149,87 +146,52 @@ pub fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-#[cfg(unix)]
-fn kill_group(pgid: u32) {
-    use rustix::process::{Pid, Signal, kill_process_group};
-    if let Some(pid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) {
-        let _ = kill_process_group(pid, Signal::KILL);
-    }
-}
-
-#[cfg(not(unix))]
-fn kill_group(_: u32) {}
-
-/// Records the holder file the signal handler removes while the lock is still held.
-pub fn set_holder_record(path: Option<std::path::PathBuf>) {
-    *HOLDER
+/// Records the holder file the stop handler removes while the lock is still held, with the
+/// mark that tells readers its holder lives (`os::lock`); `None` drops both.
+pub fn add_holder_record(path: std::path::PathBuf, mark: os::lock::RecordMark) {
+    HOLDER
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = path;
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((path, mark));
 }
 
-/// On SIGTERM, SIGINT or SIGHUP: stop every child's process group (TERM, then KILL after a
-/// grace period), wait until the groups are gone, remove the holder record, and exit with
-/// 128 + the signal number. Only then does the kernel release the lock.
-#[cfg(unix)]
+/// Forgets the record at `path` (its mark is dropped); the caller removes the file.
+pub fn forget_holder_record(path: &std::path::Path) {
+    HOLDER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|(p, _)| p != path);
+}
+
+/// When penv-guard is asked to stop (see `os::process`): stop every child's tree, wait until
+/// the trees are gone, remove the holder record, and exit (Unix: 128 + the signal number;
+/// Windows: 130). Only then does the lock go.
 pub fn install_signal_handler() {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) else {
-            return;
-        };
-        std::thread::spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
-                let groups = CHILDREN
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone();
-                stop_groups(&groups);
-                if let Some(holder) = HOLDER
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take()
-                {
-                    let _ = std::fs::remove_file(holder);
-                }
-                crate::messages::say(format!(
-                    "stopped by signal {signal}; the penv is left without a valid state and the \
-                     next run repairs it"
-                ));
-                std::process::exit(128 + signal);
-            }
-        });
-    });
-}
-
-#[cfg(not(unix))]
-pub fn install_signal_handler() {}
-
-#[cfg(unix)]
-fn stop_groups(groups: &[u32]) {
-    use rustix::process::{Pid, Signal, kill_process_group, test_kill_process_group};
-    let pids: Vec<Pid> = groups
-        .iter()
-        .filter_map(|&g| i32::try_from(g).ok().and_then(Pid::from_raw))
+    os::process::on_stop(|stop| {
+        STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+        let trees = CHILDREN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        os::process::stop_trees(&trees);
+        // The mark is dropped before the removal (on Windows it keeps the record open).
+        let records: Vec<std::path::PathBuf> = std::mem::take(
+            &mut *HOLDER
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_iter()
+        .map(|(path, _mark)| path)
         .collect();
-    for &pid in &pids {
-        let _ = kill_process_group(pid, Signal::TERM);
-    }
-    let alive = |pids: &[Pid]| pids.iter().any(|&p| test_kill_process_group(p).is_ok());
-    let grace = Instant::now() + Duration::from_secs(3);
-    while alive(&pids) && Instant::now() < grace {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for &pid in &pids {
-        let _ = kill_process_group(pid, Signal::KILL);
-    }
-    // The direct children are reaped by the thread waiting on them; members reparented to init
-    // are reaped there. Wait until the groups are empty (bounded).
-    let gone = Instant::now() + Duration::from_secs(5);
-    while alive(&pids) && Instant::now() < gone {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        for path in records {
+            let _ = std::fs::remove_file(path);
+        }
+        crate::messages::say(format!(
+            "stopped by {stop}; the penv is left without a valid state and the next run \
+             repairs it"
+        ));
+        std::process::exit(stop.exit_code());
+    });
 }
 
 #[cfg(test)]

@@ -1,15 +1,15 @@
-//! Stamps: what a hit compares for each recorded part (inode, size, mtime and ctime in ns; exact
-//! equality, never "newer than"), and the racy rule (a part changed within the filesystem's
+//! Stamps: what a hit compares for each recorded part (device and inode, size, mtime and ctime in
+//! ns; on Windows volume serial number and file index, size and mtime: see [`crate::os::fs`];
+//! exact equality, never "newer than"), and the racy rule (a part changed within the filesystem's
 //! timestamp granularity before the stamp was taken is not trusted: a later change in the same
 //! tick would leave its stamp unchanged, as git's "racy clean" entries).
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
+use crate::os;
 
 /// The window used where the filesystem's timestamp granularity cannot be measured (FAT).
 pub const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
@@ -18,11 +18,14 @@ pub const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
 /// racy size only costs one more walk, so it is not measured as the penv's window is.
 pub const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Stored as an array, `[ino, size, mtime_ns, ctime_ns]`: a hit reads dozens, and field names
-/// would be most of what it reads.
+/// Stored as an array, `[dev, ino, size, mtime_ns, ctime_ns]`: a hit reads dozens, and field
+/// names would be most of what it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StampArray", into = "StampArray")]
 pub struct Stamp {
+    /// The device (Unix) or volume serial number (Windows).
+    pub dev: u64,
+    /// The inode (Unix) or file index (Windows).
     pub ino: u64,
     pub size: u64,
     pub mtime_ns: i64,
@@ -30,11 +33,12 @@ pub struct Stamp {
 }
 
 #[derive(Serialize, Deserialize)]
-struct StampArray(u64, u64, i64, i64);
+struct StampArray(u64, u64, u64, i64, i64);
 
 impl From<StampArray> for Stamp {
-    fn from(StampArray(ino, size, mtime_ns, ctime_ns): StampArray) -> Stamp {
+    fn from(StampArray(dev, ino, size, mtime_ns, ctime_ns): StampArray) -> Stamp {
         Stamp {
+            dev,
             ino,
             size,
             mtime_ns,
@@ -45,7 +49,7 @@ impl From<StampArray> for Stamp {
 
 impl From<Stamp> for StampArray {
     fn from(s: Stamp) -> StampArray {
-        StampArray(s.ino, s.size, s.mtime_ns, s.ctime_ns)
+        StampArray(s.dev, s.ino, s.size, s.mtime_ns, s.ctime_ns)
     }
 }
 
@@ -53,16 +57,7 @@ impl Stamp {
     /// The stamp of what `path` names, following symlinks (an interpreter link is stamped by the
     /// binary it points to).
     pub fn of(path: &Path) -> Option<Stamp> {
-        fs::metadata(path).ok().map(|m| Stamp::from_metadata(&m))
-    }
-
-    pub fn from_metadata(m: &fs::Metadata) -> Stamp {
-        Stamp {
-            ino: inode(m),
-            size: m.len(),
-            mtime_ns: fsutil::mtime_ns(m),
-            ctime_ns: fsutil::ctime_ns(m),
-        }
+        os::fs::stamp(path)
     }
 
     fn newest_ns(&self) -> i64 {
@@ -76,53 +71,26 @@ impl Stamp {
 /// opened, paths are joined. Either way a stamp is what [`Stamp::of`] gives for the joined path.
 pub struct StampRoot<'a> {
     path: &'a Path,
-    #[cfg(target_os = "linux")]
-    dir: Option<std::os::fd::OwnedFd>,
+    dir: Option<os::fs::DirHandle>,
 }
 
 impl<'a> StampRoot<'a> {
     pub fn open(path: &'a Path) -> StampRoot<'a> {
         StampRoot {
             path,
-            #[cfg(target_os = "linux")]
-            dir: {
-                use rustix::fs::{Mode, OFlags};
-                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-                rustix::fs::open(path, flags, Mode::empty()).ok()
-            },
+            dir: os::fs::open_dir(path),
         }
     }
 
     /// The stamp of `relative` (following symlinks, as [`Stamp::of`] does).
     pub fn stamp(&self, relative: &str) -> Option<Stamp> {
-        #[cfg(target_os = "linux")]
         if let Some(dir) = &self.dir
             && !relative.is_empty()
         {
-            let stat = rustix::fs::statat(dir, relative, rustix::fs::AtFlags::empty()).ok()?;
-            // `st_*time_nsec` is a u64 on 64-bit Linux and a u32 on 32-bit (armv7).
-            fn ns(seconds: i64, nanos: impl TryInto<i64>) -> i64 {
-                fsutil::seconds_and_nanos(seconds, nanos.try_into().unwrap_or(0))
-            }
-            return Some(Stamp {
-                ino: stat.st_ino,
-                size: u64::try_from(stat.st_size).unwrap_or(0),
-                mtime_ns: ns(stat.st_mtime, stat.st_mtime_nsec),
-                ctime_ns: ns(stat.st_ctime, stat.st_ctime_nsec),
-            });
+            return os::fs::stamp_at(dir, relative);
         }
         Stamp::of(&self.path.join(relative))
     }
-}
-
-#[cfg(unix)]
-fn inode(m: &fs::Metadata) -> u64 {
-    std::os::unix::fs::MetadataExt::ino(m)
-}
-
-#[cfg(not(unix))]
-fn inode(_: &fs::Metadata) -> u64 {
-    0
 }
 
 /// The stamped parts, by name: a path relative to the penv (`pyvenv.cfg`, `bin/python`,
@@ -191,11 +159,13 @@ fn timestamp_tick_ns() -> i64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::fs;
 
     /// A recorded part's stamp (which may be None) with both times at `mtime_ns`.
     #[allow(clippy::unnecessary_wraps)]
     pub(crate) fn stamp(mtime_ns: i64) -> Option<Stamp> {
         Some(Stamp {
+            dev: 1,
             ino: 1,
             size: 2,
             mtime_ns,
@@ -226,6 +196,7 @@ pub(crate) mod tests {
                 "{relative:?}"
             );
         }
+        #[cfg(unix)]
         assert!(stamps.stamp("lib/link").is_some_and(|s| s.size == 5));
         let missing = StampRoot::open(Path::new("/nonexistent/penv-guard"));
         assert_eq!(missing.stamp("pyvenv.cfg"), None);

@@ -4,10 +4,11 @@
 //! Invariants:
 //! - A hit needs all of: a readable state file of the current schema, the same request (the
 //!   dependency list, by the digest of its input bytes or else by its canonical form; the
-//!   `--esptool-dir`, the penv's place, OS and architecture), the same host Python when
-//!   `--python` names one, equal stamps (exact equality of inode, size, mtime and ctime in ns;
-//!   never "newer than") of every recorded part, and no part changed within the racy window
-//!   before the state was recorded. Anything else is a miss, with a reason.
+//!   `--esptool-dir`, the penv's place, OS and architecture), the same host Python (the same
+//!   file, however spelled, by its stamp) when `--python` names one, equal stamps (exact
+//!   equality of device, inode, size, mtime and ctime in ns; on Windows of volume, file index,
+//!   size and mtime; never "newer than") of every recorded part, and no part changed within the
+//!   racy window before the state was recorded. Anything else is a miss, with a reason.
 //! - Missing, truncated, unparsable, special (FIFO, directory, symlink) or unknown-schema state is
 //!   a miss, never an error or a hang.
 //! - The state is deleted before an install starts and written only after validation passed, so
@@ -28,53 +29,19 @@ use crate::error::{Error, Result};
 use crate::fsutil::{self, Follow, ReadError};
 use crate::stamp::Stamp;
 
-/// The state file's format. 3: stamps as `[ino, size, mtime_ns, ctime_ns]` arrays, the file
-/// compact (a hit reads it all); a state of another schema is a miss.
-pub const SCHEMA: u32 = 3;
+/// The state file's format. 4: stamps as `[dev, ino, size, mtime_ns, ctime_ns]` arrays (3 had
+/// no `dev`, and Windows no file identity), the file compact (a hit reads it all); a state of
+/// another schema is a miss.
+pub const SCHEMA: u32 = 4;
 
 /// The fingerprint input's format, which a changed state format need not change (the
 /// fingerprint is a CI cache key).
 pub const FINGERPRINT_SCHEMA: u32 = 2;
 
-/// A path as text for the state and the fingerprint. Valid UTF-8 stays as it is; other bytes are
-/// written as `\xNN` (and a backslash as `\\`), so distinct paths stay distinct and serializing
-/// never fails.
+/// A path as text for the state, the fingerprint and reports: as the OS spells it, losslessly
+/// ([`crate::os::path::text`]).
 pub fn path_text(path: &Path) -> String {
-    if let Some(text) = path.to_str()
-        && !text.contains('\\')
-    {
-        return text.to_owned();
-    }
-    escape_bytes(&os_bytes(path))
-}
-
-fn escape_bytes(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c == '\\' {
-                out.push_str("\\\\");
-            } else {
-                out.push(c);
-            }
-        }
-        for b in chunk.invalid() {
-            let _ = write!(out, "\\x{b:02x}");
-        }
-    }
-    out
-}
-
-#[cfg(unix)]
-fn os_bytes(path: &Path) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt as _;
-    path.as_os_str().as_bytes().to_vec()
-}
-
-#[cfg(not(unix))]
-fn os_bytes(path: &Path) -> Vec<u8> {
-    path.to_string_lossy().into_owned().into_bytes()
+    crate::os::path::text(path)
 }
 
 /// Serde for paths in reports: lossless text via [`path_text`], never a serialization error.
@@ -154,6 +121,15 @@ pub struct HostPythonOf<T> {
 }
 
 pub type HostPython = HostPythonOf<String>;
+
+impl<T> HostPythonOf<T> {
+    /// Whether `path` names the recorded interpreter: the same file however it is spelled
+    /// (another case, a symlink, `..`), by its stamp, which holds the file's identity (device and
+    /// inode, or volume and file index), and unchanged since.
+    pub fn is_at(&self, path: &Path) -> bool {
+        self.stamp.is_some() && self.stamp == Stamp::of(path)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(bound(deserialize = "T: Deserialize<'de> + Ord"))]
@@ -299,7 +275,7 @@ pub fn invalidate(path: &Path) -> Result<Option<PathBuf>> {
         Err(e) => return Err(Error::io("inspect the state file", path, e)),
     };
     if kind.is_file() || kind.is_symlink() {
-        return match fs::remove_file(path) {
+        return match crate::os::fs::remove_file(path) {
             Ok(()) => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("remove the stale state file", path, e)),
@@ -379,11 +355,11 @@ mod tests {
     #[test]
     fn corrupt_or_foreign_state_is_a_miss_not_an_error() {
         assert!(matches!(parse(b""), Loaded::Corrupt(_)));
-        assert!(matches!(parse(b"{\"schema\": 3"), Loaded::Corrupt(_)));
+        assert!(matches!(parse(b"{\"schema\": 4"), Loaded::Corrupt(_)));
         assert!(matches!(parse(b"[1,2]"), Loaded::Corrupt(_)));
-        assert!(matches!(parse(b"{\"schema\": 3}"), Loaded::Corrupt(_)));
+        assert!(matches!(parse(b"{\"schema\": 4}"), Loaded::Corrupt(_)));
         assert_eq!(parse(b"{\"schema\": 99}"), Loaded::UnknownSchema(99));
-        assert_eq!(parse(b"{\"schema\": 2}"), Loaded::UnknownSchema(2));
+        assert_eq!(parse(b"{\"schema\": 3}"), Loaded::UnknownSchema(3));
         let full = serde_json::to_vec(&sample()).unwrap();
         assert!(matches!(parse(&full[..full.len() / 2]), Loaded::Corrupt(_)));
     }
@@ -404,15 +380,32 @@ mod tests {
         assert_eq!(base.hash().len(), 64);
     }
 
-    #[cfg(unix)]
     #[test]
-    fn non_utf8_paths_keep_distinct_text() {
-        use std::os::unix::ffi::OsStrExt as _;
-        let a = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/b\xff/uv"));
-        let b = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/b\xfe/uv"));
-        assert_eq!(path_text(a), "/tmp/b\\xff/uv");
-        assert_ne!(path_text(a), path_text(b));
-        assert_ne!(path_text(Path::new("/tmp/b\\xff/uv")), path_text(a));
+    fn a_host_python_is_the_same_file_however_spelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let python = dir.path().join("python.exe");
+        fs::write(&python, b"interpreter").unwrap();
+        let recorded = HostPython {
+            path: path_text(&python),
+            stamp: Stamp::of(&python),
+            version: "3.11.7".into(),
+        };
+        assert!(recorded.is_at(&python));
+        // Another spelling: `.` and `..` in it (and on Windows another case).
+        let spelled = dir
+            .path()
+            .join(".")
+            .join("sub")
+            .join("..")
+            .join("python.exe");
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        assert!(recorded.is_at(&spelled));
+        #[cfg(windows)]
+        assert!(recorded.is_at(&dir.path().join("PYTHON.EXE")));
+        let other = dir.path().join("python3.exe");
+        fs::write(&other, b"interpreter").unwrap();
+        assert!(!recorded.is_at(&other));
+        assert!(!recorded.is_at(&dir.path().join("gone.exe")));
     }
 
     fn json(state: &impl Serialize) -> serde_json::Value {

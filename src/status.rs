@@ -224,9 +224,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     let host_python = ctx.host_python().map(|path| {
         let recorded_version = recorded
             .and_then(|s| s.host_python.as_ref())
-            .filter(|h| {
-                h.path == state::path_text(&path) && h.stamp == crate::stamp::Stamp::of(&path)
-            })
+            .filter(|h| h.is_at(&path))
             .map(|h| h.version.clone());
         let version = recorded_version.or_else(|| {
             crate::uv::query_python(&path, Duration::from_secs(10))

@@ -7,7 +7,7 @@ use std::path::Path;
 /// temp file and the rename, leaving the temp file behind, as a crash there would.
 /// `PENV_GUARD_TEST_PAUSE_BEFORE_RENAME=<file name>`: a write of that file waits half a second
 /// before the rename, to widen a race window for a concurrent process.
-pub fn before_rename(path: &Path, temp: tempfile::NamedTempFile) -> std::io::Result<()> {
+pub fn before_rename(path: &Path, temp_path: &Path) {
     if let Ok(name) = std::env::var("PENV_GUARD_TEST_PAUSE_BEFORE_RENAME")
         && path.ends_with(name)
     {
@@ -16,15 +16,13 @@ pub fn before_rename(path: &Path, temp: tempfile::NamedTempFile) -> std::io::Res
     if let Ok(name) = std::env::var("PENV_GUARD_TEST_CRASH_BEFORE_RENAME")
         && path.ends_with(name)
     {
-        let (_, temp_path) = temp.keep().map_err(|e| e.error)?;
         eprintln!(
             "penv-guard: test hook: exiting before rename of {}",
             temp_path.display()
         );
+        // `exit` runs no destructor: the temp file stays, as after a crash.
         std::process::exit(99);
     }
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// `PENV_GUARD_TEST_SIZE_VANISH=<path>`: the size walk deletes that path just before it reads

@@ -157,12 +157,12 @@ pub fn check_installed(
     }
     let mut facts = BTreeMap::new();
     if let Some(dir) = &ctx.esptool_dir {
-        let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        let real = crate::os::path::canonical(dir).unwrap_or_else(|_| dir.clone());
         let from_dir = dists.get("esptool").filter(|dist| {
             distinfo::direct_url(&dist.dist_info).is_some_and(|d| {
                 d.editable
                     && d.dir.as_deref().is_some_and(|d| {
-                        d == dir || std::fs::canonicalize(d).is_ok_and(|d| d == real)
+                        d == dir || crate::os::path::canonical(d).is_ok_and(|d| d == real)
                     })
             })
         });

@@ -197,7 +197,7 @@ impl Context {
                 Err(_) => return false,
             }
         };
-        recorded.is_some_and(|h| h.path.as_ref() == path_text(&path) && h.stamp == Stamp::of(&path))
+        recorded.is_some_and(|h| h.is_at(&path))
     }
 }
 

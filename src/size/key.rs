@@ -203,7 +203,7 @@ pub fn display_encoded(encoded: &str) -> String {
 /// `env_dir` resolved once: the real path if it exists (a symlinked build dir is followed),
 /// else the path itself.
 pub fn resolve_env_dir(env_dir: &Path) -> PathBuf {
-    fs::canonicalize(env_dir).unwrap_or_else(|_| env_dir.to_path_buf())
+    crate::os::path::canonical(env_dir).unwrap_or_else(|_| env_dir.to_path_buf())
 }
 
 /// Whether `cached` is still right for `env_dir`, without walking.
@@ -292,7 +292,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn set_mtime(path: &Path, t: SystemTime) {
-        fs::File::open(path).unwrap().set_modified(t).unwrap();
+        crate::os::fs::set_modified(path, t).unwrap();
     }
 
     #[test]
@@ -472,14 +472,18 @@ pub(crate) mod tests {
         assert_ne!(capture_key(&env).unwrap(), k2);
     }
 
-    #[cfg(unix)]
     #[test]
     fn non_utf8_names_are_encoded_in_the_key_and_decoded_for_display() {
-        use std::os::unix::ffi::OsStrExt;
-        let tmp = tempfile::tempdir().unwrap();
-        fs::write(tmp.path().join(OsStr::from_bytes(b"caf\xe9.o")), b"12345").unwrap();
-        let key = capture_key(tmp.path()).unwrap();
-        assert!(key.children.iter().any(|c| c.name == "\0hex:636166e92e6f"));
+        // A name that is not Unicode exists only on Unix (Windows names are UTF-16).
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let tmp = tempfile::tempdir().unwrap();
+            fs::write(tmp.path().join(OsStr::from_bytes(b"caf\xe9.o")), b"12345").unwrap();
+            let key = capture_key(tmp.path()).unwrap();
+            assert!(key.children.iter().any(|c| c.name == "\0hex:636166e92e6f"));
+        }
+        assert_eq!(encode_os(OsStr::new("caf\u{e9}.o")), "caf\u{e9}.o");
         assert_eq!(display_encoded("\0hex:636166e92e6f"), "caf\u{fffd}.o");
         assert_eq!(display_encoded("plain"), "plain");
     }

@@ -85,7 +85,7 @@ pub struct Orphan {
 impl Project {
     /// Resolves `dir`: it must exist and hold a `platformio.ini` or an ESPHome build dir.
     pub fn open(dir: &Path) -> Result<Project> {
-        let dir = match fs::canonicalize(dir) {
+        let dir = match crate::os::path::canonical(dir) {
             Ok(dir) => dir,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Error::Usage(format!(
@@ -104,7 +104,7 @@ impl Project {
         let ini_file = dir.join("platformio.ini");
         let (ini, ini_path) = match ini::read(&ini_file)? {
             Some(ini) => (ini, Some(ini_file)),
-            None if dir.join(".esphome/build").is_dir() => (Ini::default(), None),
+            None if dir.join(".esphome").join("build").is_dir() => (Ini::default(), None),
             None => {
                 return Err(Error::Usage(format!(
                     "no platformio.ini in {} (and no ESPHome build directory .esphome/build)",
@@ -159,12 +159,11 @@ impl Project {
             .option_raw(key)
             .expect("workspace_dir and build_dir have defaults");
         let value = self.interpolate(&raw, 0);
-        (self.absolute(&value), source)
+        (self.absolute(&crate::os::path::from_text(&value)), source)
     }
 
     /// `~` expanded, relative paths taken from the project dir (PlatformIO's cwd).
-    fn absolute(&self, value: &OsStr) -> PathBuf {
-        let path = Path::new(value);
+    fn absolute(&self, path: &Path) -> PathBuf {
         let path = match (path.strip_prefix("~"), std::env::var_os("HOME")) {
             (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
             _ => path.to_path_buf(),
@@ -228,7 +227,7 @@ impl Project {
             })
             .collect();
         let mut esphome = Vec::new();
-        if let Ok(entries) = fs::read_dir(self.dir.join(".esphome/build")) {
+        if let Ok(entries) = fs::read_dir(self.dir.join(".esphome").join("build")) {
             for entry in entries.flatten() {
                 let device = entry.path();
                 let name = entry.file_name();
@@ -307,6 +306,47 @@ impl Project {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_dirs_are_joined_as_paths_and_shown_without_a_verbatim_prefix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("J\u{fc}rgen \u{c4} project");
+        fs::create_dir(&dir).unwrap();
+        fs::write(
+            dir.join("platformio.ini"),
+            "[platformio]\nlib_dir = x\n[env:a]\n",
+        )
+        .unwrap();
+        let project = Project::open(&dir).unwrap();
+        assert!(!crate::os::path::text(&project.dir).starts_with(r"\\?\"));
+        let workspace = project.dir.join(".pio");
+        assert_eq!(project.workspace_dir, workspace);
+        assert_eq!(project.build_dir, workspace.join("build"));
+        assert_eq!(
+            project.cache_path,
+            workspace.join(CACHE_DIR).join(CACHE_FILE)
+        );
+        fs::create_dir_all(project.build_dir.join("a")).unwrap();
+        assert!(project.envs()[0].path.is_dir());
+    }
+
+    #[test]
+    fn written_dirs_take_either_separator_also_after_a_verbatim_prefix() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(
+            tmp.path().join("platformio.ini"),
+            "[platformio]\nbuild_dir = ${PROJECT_DIR}/out/b\n[env:a]\n",
+        )
+        .unwrap();
+        let mut project = Project::open(tmp.path()).unwrap();
+        // What a path too long for the `\\?\`-free form looks like on Windows.
+        if cfg!(windows) {
+            project.dir = PathBuf::from(format!(r"\\?\{}", project.dir.display()));
+        }
+        let (build_dir, source) = project.option_path("build_dir");
+        assert_eq!(source, Source::Ini);
+        assert_eq!(build_dir, project.dir.join("out").join("b"));
+    }
 
     #[test]
     fn select_names_the_known_envs_for_an_unknown_one() {

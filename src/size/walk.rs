@@ -30,6 +30,8 @@ use std::sync::{Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::os::fs::{allocated_bytes, hard_link_id};
+
 /// What a walk counted. `partial()` when anything vanished or failed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalkTotals {
@@ -263,38 +265,12 @@ fn read_one_dir(dir: &Path, w: &mut Walker, found: &mut Vec<PathBuf>) {
     }
 }
 
-#[cfg(unix)]
-fn allocated_bytes(meta: &fs::Metadata) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    meta.blocks().saturating_mul(512)
-}
-
-/// Without `st_blocks` (Windows), the apparent size stands in for the allocated one.
-#[cfg(not(unix))]
-fn allocated_bytes(meta: &fs::Metadata) -> u64 {
-    if meta.is_file() { meta.len() } else { 0 }
-}
-
-#[cfg(unix)]
-fn hard_link_id(meta: &fs::Metadata) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()))
-}
-
-/// No stable link count on Windows: every name counts (like Explorer).
-#[cfg(not(unix))]
-fn hard_link_id(_meta: &fs::Metadata) -> Option<(u64, u64)> {
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[cfg(unix)]
     #[test]
     fn walk_counts_hard_links_once_and_skips_symlinks_and_fifos() {
-        use std::os::unix::fs::symlink;
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("tree");
         let outside = tmp.path().join("outside");
@@ -302,41 +278,60 @@ mod tests {
         fs::create_dir_all(&outside).unwrap();
         fs::write(outside.join("big"), vec![0u8; 100_000]).unwrap();
         fs::write(root.join("a"), vec![1u8; 1000]).unwrap();
-        fs::hard_link(root.join("a"), root.join("d/a2")).unwrap();
-        symlink(root.join("a"), root.join("to-file")).unwrap();
-        symlink(&outside, root.join("to-outside")).unwrap();
-        symlink(root.join("nowhere"), root.join("dangling")).unwrap();
-        symlink(&root, root.join("d/loop")).unwrap();
-        let status = std::process::Command::new("mkfifo")
-            .arg(root.join("fifo"))
-            .status();
-        let fifo = status.is_ok_and(|s| s.success());
+        fs::hard_link(root.join("a"), root.join("d").join("a2")).unwrap();
+        // Symlinks need a privilege on Windows, and it has no FIFOs.
+        #[cfg(unix)]
+        let skipped = {
+            use std::os::unix::fs::symlink;
+            symlink(root.join("a"), root.join("to-file")).unwrap();
+            symlink(&outside, root.join("to-outside")).unwrap();
+            symlink(root.join("nowhere"), root.join("dangling")).unwrap();
+            symlink(&root, root.join("d/loop")).unwrap();
+            let status = std::process::Command::new("mkfifo")
+                .arg(root.join("fifo"))
+                .status();
+            4 + u64::from(status.is_ok_and(|s| s.success()))
+        };
+        #[cfg(not(unix))]
+        let skipped = 0;
         let w = walk_tree(&root);
-        assert_eq!(w.totals.apparent, 1000);
-        assert_eq!(w.totals.files, 1);
+        // Windows reads no link count (it would cost an open per file): every name counts.
+        let names = if cfg!(unix) { 1 } else { 2 };
+        assert_eq!(w.totals.apparent, 1000 * names);
+        assert_eq!(w.totals.files, names);
         assert_eq!(w.totals.dirs, 2);
-        assert_eq!(w.totals.skipped, 4 + u64::from(fifo));
+        assert_eq!(w.totals.skipped, skipped);
         assert!(!w.totals.partial());
-        assert_eq!(w.links.len(), 1);
-        // A symlinked root is followed once.
-        let link_root = tmp.path().join("root-link");
-        symlink(&root, &link_root).unwrap();
-        assert_eq!(walk(&link_root), w.totals);
+        assert_eq!(w.links.len(), usize::from(cfg!(unix)));
+        #[cfg(unix)]
+        {
+            // A symlinked root is followed once.
+            let link_root = tmp.path().join("root-link");
+            std::os::unix::fs::symlink(&root, &link_root).unwrap();
+            assert_eq!(walk(&link_root), w.totals);
+        }
         assert_eq!(walk(&tmp.path().join("missing")), WalkTotals::default());
     }
 
-    #[cfg(unix)]
     #[test]
     fn walk_counts_non_utf8_names_and_sparse_files() {
-        use std::os::unix::ffi::OsStrExt;
         let tmp = tempfile::tempdir().unwrap();
-        let odd = std::ffi::OsStr::from_bytes(b"caf\xe9.o");
-        fs::write(tmp.path().join(odd), b"12345").unwrap();
+        // A name that is not Unicode exists only on Unix (Windows names are UTF-16).
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let odd = std::ffi::OsStr::from_bytes(b"caf\xe9.o");
+            fs::write(tmp.path().join(odd), b"12345").unwrap();
+        }
+        #[cfg(not(unix))]
+        fs::write(tmp.path().join("caf\u{e9}.o"), b"12345").unwrap();
         let sparse = fs::File::create(tmp.path().join("sparse")).unwrap();
         sparse.set_len(50_000_000).unwrap();
         let w = walk(tmp.path());
         assert_eq!(w.files, 2);
         assert_eq!(w.apparent, 50_000_005);
+        // Windows reports the apparent size for the allocated one (no `st_blocks`).
+        #[cfg(unix)]
         assert!(w.allocated < 1_000_000, "sparse: {}", w.allocated);
     }
 

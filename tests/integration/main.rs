@@ -36,4 +36,6 @@ mod size;
 #[cfg(unix)]
 mod status;
 #[cfg(windows)]
+mod windows;
+#[cfg(windows)]
 mod windows_platform;

@@ -4,6 +4,9 @@
 //! environment variable for `--no-index` (`UV_NO_INDEX` is silently ignored), so without this
 //! the tests would consult PyPI.
 
+// On Windows only `stand_in` and the command helpers are used (see main.rs).
+#![cfg_attr(windows, allow(dead_code))]
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -290,35 +293,20 @@ impl World {
 
     /// [`World::cmd`] run by another copy of penv-guard.
     pub fn cmd_of(&self, binary: &Path, subcommand: &str) -> TestCommand {
-        let mut command = Command::new(binary);
+        let mut command = penv_command(binary, subcommand, &self.penv, &self.shim, &host_python());
         command
-            .arg(subcommand)
-            .arg("--penv")
-            .arg(&self.penv)
-            .arg("--uv")
-            .arg(&self.shim)
-            .arg("--python")
-            .arg(host_python())
             .arg("--uv-cache-dir")
             .arg(&self.cache)
             .env("PLATFORMIO_CORE_DIR", self.dir.path().join("core"))
             .env("UV_FIND_LINKS", self.find_links())
             .env("UV_DEFAULT_INDEX", self.empty_index_url())
             .env("UV_PYTHON_DOWNLOADS", "never")
-            .env("UV_NO_CONFIG", "1")
-            .env_remove("PLATFORMIO_OFFLINE")
-            .env_remove("PENV_GUARD_LOCK_TIMEOUT")
-            .env_remove("PENV_GUARD_UV")
-            .env_remove("VIRTUAL_ENV");
+            .env("UV_NO_CONFIG", "1");
         TestCommand { command }
     }
 
     pub fn ensure(&self, deps: &[&str]) -> TestCommand {
-        let mut cmd = self.cmd("ensure");
-        for dep in deps {
-            cmd = cmd.arg("--dep").arg(dep);
-        }
-        cmd
+        self.cmd("ensure").deps(deps)
     }
 
     /// The world's wheels, then the uv wheel `scripts/setup` keeps in `.tools/wheels` (penv-guard
@@ -387,11 +375,44 @@ pub fn set_executable(path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// `binary <subcommand>` on `penv` with this uv and Python, without the caller's settings
+/// (`PLATFORMIO_OFFLINE`, `PENV_GUARD_*`, an active venv).
+pub fn penv_command(
+    binary: &Path,
+    subcommand: &str,
+    penv: &Path,
+    uv: &Path,
+    python: &Path,
+) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg(subcommand)
+        .arg("--penv")
+        .arg(penv)
+        .arg("--uv")
+        .arg(uv)
+        .arg("--python")
+        .arg(python)
+        .env_remove("PLATFORMIO_OFFLINE")
+        .env_remove("PENV_GUARD_LOCK_TIMEOUT")
+        .env_remove("PENV_GUARD_UV")
+        .env_remove("VIRTUAL_ENV");
+    command
+}
+
 pub struct TestCommand {
     pub command: Command,
 }
 
 impl TestCommand {
+    /// `--dep` for each of `deps`.
+    pub fn deps(mut self, deps: &[&str]) -> Self {
+        for dep in deps {
+            self.command.arg("--dep").arg(dep);
+        }
+        self
+    }
+
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.command.arg(arg);
         self
@@ -574,5 +595,135 @@ impl TestCommand {
     pub fn run_in(mut self, dir: &Path) -> Run {
         self.command.current_dir(dir);
         self.run()
+    }
+}
+
+/// Stand-in `python.exe` and `uv.exe` for the Windows tests under Wine, where there is no Windows
+/// CPython (`examples/stand_in.rs` says what they imitate). Only the process, lock and path tests
+/// use them; everything that needs a real interpreter runs on a real Windows runner.
+#[cfg(windows)]
+pub mod stand_in {
+    use std::path::{Path, PathBuf};
+
+    use super::{BIN, TestCommand, penv_command};
+
+    /// `examples/stand_in.exe` of the same build as this test binary (`<target>/<triple>/debug/
+    /// deps/integration-….exe` → `<target>/<triple>/debug/examples/stand_in.exe`). Cargo builds
+    /// examples only for a plain `cargo test`; with `--test integration` build it first
+    /// (`cargo build --example stand_in` with the same `--target`).
+    pub fn exe() -> PathBuf {
+        let test_exe = std::env::current_exe().unwrap();
+        let profile_dir = test_exe.parent().and_then(Path::parent).unwrap();
+        let exe = profile_dir.join("examples").join("stand_in.exe");
+        assert!(
+            exe.is_file(),
+            "no {}: build it with `cargo build --example stand_in` for this target",
+            exe.display()
+        );
+        exe
+    }
+
+    /// One `<pid> <event> <unix seconds> <role> <detail>` line of the stand-ins' log.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Event {
+        pub pid: u32,
+        pub kind: String,
+        pub at: f64,
+        pub role: String,
+    }
+
+    /// A temp dir with `host/python.exe`, `host/uv.exe` (copies of the stand-in), a penv path
+    /// `core/penv`, a uv cache dir and the stand-ins' log.
+    pub struct StandIns {
+        pub dir: tempfile::TempDir,
+        pub penv: PathBuf,
+        pub python: PathBuf,
+        pub uv: PathBuf,
+        pub log: PathBuf,
+    }
+
+    impl StandIns {
+        pub fn new() -> StandIns {
+            let dir = tempfile::Builder::new()
+                .prefix("penv-guard-stand-in-")
+                .tempdir()
+                .unwrap();
+            let host = dir.path().join("host");
+            std::fs::create_dir_all(&host).unwrap();
+            let (python, uv) = (host.join("python.exe"), host.join("uv.exe"));
+            std::fs::copy(exe(), &python).unwrap();
+            std::fs::copy(exe(), &uv).unwrap();
+            StandIns {
+                penv: dir.path().join("core").join("penv"),
+                log: dir.path().join("stand-in.log"),
+                python,
+                uv,
+                dir,
+            }
+        }
+
+        /// `penv-guard <subcommand>` on this penv with the stand-ins, logging to [`Self::log`].
+        pub fn cmd(&self, subcommand: &str) -> TestCommand {
+            let mut command =
+                penv_command(Path::new(BIN), subcommand, &self.penv, &self.uv, &self.python);
+            command
+                .arg("--uv-cache-dir")
+                .arg(self.dir.path().join("uv-cache"))
+                .env("PLATFORMIO_CORE_DIR", self.dir.path().join("core"))
+                .env("PENV_GUARD_STAND_IN_LOG", &self.log)
+                .env_remove("PENV_GUARD_STAND_IN_SLEEP")
+                .env_remove("PENV_GUARD_STAND_IN_GRANDCHILD");
+            TestCommand { command }
+        }
+
+        pub fn ensure(&self, deps: &[&str]) -> TestCommand {
+            self.cmd("ensure").deps(deps)
+        }
+
+        pub fn lock_path(&self) -> PathBuf {
+            self.penv.with_file_name("penv.penv-guard.lock")
+        }
+
+        pub fn holder_path(&self) -> PathBuf {
+            self.penv.with_file_name("penv.penv-guard.holder")
+        }
+
+        pub fn events(&self) -> Vec<Event> {
+            std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| {
+                    let mut parts = line.split_whitespace();
+                    Some(Event {
+                        pid: parts.next()?.parse().ok()?,
+                        kind: parts.next()?.to_owned(),
+                        at: parts.next()?.parse().ok()?,
+                        role: parts.next()?.to_owned(),
+                    })
+                })
+                .collect()
+        }
+
+        /// `(pid, first, last)` event times of every process that ran as `role` with an
+        /// argument line containing `needle` (a `start` line carries the arguments).
+        pub fn intervals(&self, role: &str, needle: &str) -> Vec<(u32, f64, f64)> {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let pids: Vec<u32> = text
+                .lines()
+                .filter(|l| l.contains(" start ") && l.contains(needle))
+                .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+                .collect();
+            let events = self.events();
+            pids.into_iter()
+                .filter_map(|pid| {
+                    let times: Vec<f64> = events
+                        .iter()
+                        .filter(|e| e.pid == pid && e.role == role)
+                        .map(|e| e.at)
+                        .collect();
+                    Some((pid, *times.first()?, *times.last()?))
+                })
+                .collect()
+        }
     }
 }
