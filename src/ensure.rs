@@ -241,6 +241,14 @@ impl Run<'_> {
         }
         let host = self.host_python(timeout)?;
         let mut uv = ctx.uv();
+        // Offline, the bootstrap below may use only what is here: a uv the cache unpacked, else
+        // a uv wheel in UV_FIND_LINKS; with neither, stop before anything changes.
+        if uv.is_none() && self.offline {
+            uv = uv::uv_in_cache(&ctx.cache_dir);
+            if uv.is_none() && uv::offline_uv_wheels().is_empty() {
+                return Err(Error::UvUnavailableOffline);
+            }
+        }
         let moved = matches!(reason, MissReason::PenvMoved { .. }).then(|| reason.to_string());
         if let Some(why) = moved.or_else(|| self.needs_new_venv(host.as_ref())) {
             let Some(host) = &host else {
@@ -265,7 +273,7 @@ impl Run<'_> {
             uv
         } else {
             self.say("no uv found: installing uv into the penv with its pip");
-            let uv = uv::bootstrap_uv(&ctx.penv, timeout, lock.file())?;
+            let uv = uv::bootstrap_uv(&ctx.penv, self.offline, timeout, lock.file())?;
             phases.end("uv_bootstrap");
             uv
         };
@@ -402,7 +410,7 @@ impl Run<'_> {
     }
 
     /// The requirements for uv, in a temp dir that lives as long as the returned guard; `uv` is
-    /// added when the penv has none, as pioarduino's own setup does.
+    /// added when the penv has none (and this run is online), as pioarduino's own setup does.
     fn requirements_file(&self) -> Result<(tempfile::TempDir, PathBuf)> {
         use std::fmt::Write as _;
         let deps = self.ctx.deps()?;
@@ -410,7 +418,10 @@ impl Run<'_> {
         if let Some(dir) = &self.ctx.esptool_dir {
             let _ = writeln!(text, "-e {}", dir.display());
         }
-        if !self.ctx.penv.uv().is_file() && !deps.iter().any(|d| d.name() == "uv") {
+        // Offline, uv may be in no index uv can read (a uv from the uv cache runs this install):
+        // the penv then stays without one rather than failing.
+        if !self.ctx.penv.uv().is_file() && !self.offline && !deps.iter().any(|d| d.name() == "uv")
+        {
             text.push_str("uv\n");
         }
         let dir = tempfile::tempdir()

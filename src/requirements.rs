@@ -502,7 +502,10 @@ mod tests {
 
     #[test]
     fn a_byte_order_mark_is_ignored() {
-        assert_eq!(parse_deps_json("\u{feff}{\"a\": \"\"}", "t").unwrap().len(), 1);
+        assert_eq!(
+            parse_deps_json("\u{feff}{\"a\": \"\"}", "t").unwrap().len(),
+            1
+        );
         assert_eq!(strip_bom("\u{feff}a\n"), "a\n");
     }
 

@@ -168,8 +168,14 @@ fn clear(penv: &Penv) -> std::result::Result<(), String> {
 }
 
 /// Puts uv into a penv that has none, the way pioarduino does when no uv exists anywhere: with
-/// the penv's own pip (`ensurepip` first, as uv-made venvs have no pip).
-pub fn bootstrap_uv(penv: &Penv, timeout: Duration, hold: Option<&File>) -> Result<PathBuf> {
+/// the penv's own pip (`ensurepip` first, as uv-made venvs have no pip). Offline, pip may only
+/// read the local `UV_FIND_LINKS` directories that hold a uv wheel ([`offline_uv_wheels`]).
+pub fn bootstrap_uv(
+    penv: &Penv,
+    offline: bool,
+    timeout: Duration,
+    hold: Option<&File>,
+) -> Result<PathBuf> {
     let python = penv.python();
     let fail = |message: String| Error::Install {
         message: format!("no uv found anywhere, and installing it with pip failed: {message}"),
@@ -185,8 +191,18 @@ pub fn bootstrap_uv(penv: &Penv, timeout: Duration, hold: Option<&File>) -> Resu
         "install",
         "--quiet",
         "--disable-pip-version-check",
-        "uv",
     ]);
+    if offline {
+        let dirs = offline_uv_wheels();
+        if dirs.is_empty() {
+            return Err(Error::UvUnavailableOffline);
+        }
+        pip.arg("--no-index");
+        for dir in dirs {
+            pip.arg("--find-links").arg(dir);
+        }
+    }
+    pip.arg("uv");
     let out = process::run(pip, timeout, Stderr::Captured, hold)
         .map_err(|e| fail(format!("cannot run {}: {e}", python.display())))?;
     if !out.success() || !penv.uv().is_file() {
@@ -197,6 +213,64 @@ pub fn bootstrap_uv(penv: &Penv, timeout: Duration, hold: Option<&File>) -> Resu
         )));
     }
     Ok(penv.uv())
+}
+
+/// Offline, with no uv found the usual way: a uv the uv cache unpacked when it installed one
+/// (`<cache>/archive-v0/<id>/uv-<version>.data/scripts/uv`) that runs. `None` if there is none.
+pub fn uv_in_cache(cache_dir: &Path) -> Option<PathBuf> {
+    let subdirs = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let named = |path: &Path, test: &dyn Fn(&str) -> bool| {
+        path.file_name().and_then(|n| n.to_str()).is_some_and(test)
+    };
+    subdirs(cache_dir)
+        .into_iter()
+        .filter(|p| named(p, &|n| n.starts_with("archive-v")))
+        .flat_map(|archive| subdirs(&archive))
+        .flat_map(|unpacked| subdirs(&unpacked))
+        .filter(|p| {
+            named(p, &|n| {
+                n.starts_with("uv-") && Path::new(n).extension().is_some_and(|x| x == "data")
+            })
+        })
+        .map(|data| data.join("scripts").join(UV_EXE))
+        .filter(|uv| uv.is_file())
+        .find(|uv| uv_version(uv).is_some())
+}
+
+/// The local `UV_FIND_LINKS` directories (comma-separated, as uv reads them; `file://` URLs
+/// too) that hold a uv wheel: what pip may install uv from offline.
+pub fn offline_uv_wheels() -> Vec<PathBuf> {
+    let links = std::env::var("UV_FIND_LINKS").unwrap_or_default();
+    links
+        .split(',')
+        .map(str::trim)
+        .filter_map(|link| {
+            if let Some(rest) = link.strip_prefix("file://") {
+                Some(PathBuf::from(rest))
+            } else if link.contains("://") || link.is_empty() {
+                None
+            } else {
+                Some(PathBuf::from(link))
+            }
+        })
+        .filter(|dir| {
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name().to_str().is_some_and(|n| {
+                        n.starts_with("uv-")
+                            && std::path::Path::new(n)
+                                .extension()
+                                .is_some_and(|x| x.eq_ignore_ascii_case("whl"))
+                    })
+                })
+            })
+        })
+        .map(|dir| absolute(&dir))
+        .collect()
 }
 
 pub struct InstallRequest<'a> {

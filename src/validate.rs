@@ -86,7 +86,10 @@ pub(crate) fn run_reporting(
         tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let report_path = dir.path().join("report.json");
     let mut command = Command::new(python);
-    command.args(["-I", "-c", script]).args(arg).arg(&report_path);
+    command
+        .args(["-I", "-c", script])
+        .args(arg)
+        .arg(&report_path);
     let out = process::run(command, timeout, Stderr::Captured, None)
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     let report = std::fs::read_to_string(&report_path)

@@ -1090,7 +1090,10 @@ fn an_editable_esptool_without_top_level_txt_is_validated_by_importing_its_packa
     assert!(!w.state_path().exists(), "nothing recorded");
     fs::write(tool.join("esptool/__init__.py"), "VERSION = 5\n").unwrap();
     let run = ensure().ok();
-    assert_eq!(run.json()["modules"]["esptool"], serde_json::json!(["esptool"]));
+    assert_eq!(
+        run.json()["modules"]["esptool"],
+        serde_json::json!(["esptool"])
+    );
 }
 
 #[test]
@@ -1150,4 +1153,40 @@ fn offline_exit_4_is_only_for_what_is_not_available_offline() {
     chattr("-i", &site);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(!run.stderr.contains("local uv cache"), "{}", run.stderr);
+}
+
+/// `ensure --offline` where no uv exists, with pip's index unreachable: pip must never be sent
+/// there.
+fn offline_without_uv(w: &World, find_links: &std::ffi::OsStr) -> TestCommand {
+    w.ensure_without_uv()
+        .args(["--offline", "--dep", "alpha<2", "--json"])
+        .env("UV_FIND_LINKS", find_links)
+        .env("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+        .env("PIP_RETRIES", "0")
+        .env("PIP_TIMEOUT", "2")
+}
+
+#[test]
+fn offline_with_no_uv_anywhere_uses_only_local_uv_or_fails_at_once_with_exit_4() {
+    // Nothing local: exit 4 saying how to get uv, before the penv is made.
+    let w = World::new();
+    let run = offline_without_uv(&w, w.wheels.as_os_str()).run().code(4);
+    assert!(
+        run.stderr.contains("no uv found") && run.stderr.contains("--uv"),
+        "{}",
+        run.stderr
+    );
+    assert!(!w.penv.exists(), "nothing was created");
+    // A uv wheel in UV_FIND_LINKS: pip installs it from there, never from its index.
+    let run = offline_without_uv(&w, &w.find_links()).run();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.status(), "installed");
+    assert!(w.penv.join("bin/uv").is_file());
+    // A uv the uv cache unpacked (a penv that once got uv through uv) is used as it is.
+    let w = World::new();
+    w.ensure(&["alpha<2"]).run().ok();
+    fs::remove_dir_all(&w.penv).unwrap();
+    let run = offline_without_uv(&w, w.wheels.as_os_str()).run();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.json()["installed"]["alpha"], "1.0");
 }
