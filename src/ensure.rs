@@ -294,6 +294,7 @@ impl Run<'_> {
         already_damaged.dedup();
         let mut request = InstallRequest {
             uv: &uv,
+            penv: &ctx.penv,
             python: &ctx.penv.python(),
             requirements_file: &requirements.1,
             reinstall: &already_damaged,

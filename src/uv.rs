@@ -119,7 +119,7 @@ pub fn create_venv(
     })?;
     let program = uv.unwrap_or(python).to_path_buf();
     let (mut command, what) = if let Some(uv) = uv {
-        let mut command = Command::new(uv);
+        let mut command = uv_command(uv, penv);
         command
             .args(["venv", "--allow-existing", "--no-project", "--python"])
             .arg(python)
@@ -275,6 +275,7 @@ pub fn offline_uv_wheels() -> Vec<PathBuf> {
 
 pub struct InstallRequest<'a> {
     pub uv: &'a Path,
+    pub penv: &'a Penv,
     pub python: &'a Path,
     pub requirements_file: &'a Path,
     pub reinstall: &'a [String],
@@ -287,12 +288,12 @@ pub struct InstallRequest<'a> {
 }
 
 pub fn pip_install(request: &InstallRequest<'_>) -> Result<()> {
-    let mut command = Command::new(request.uv);
+    let mut command = uv_command(request.uv, request.penv);
     command
         .args(["pip", "install", "--python"])
         .arg(request.python)
         .arg("--cache-dir")
-        .arg(request.cache_dir)
+        .arg(absolute(request.cache_dir))
         .arg("-r")
         .arg(request.requirements_file);
     for name in request.reinstall {
@@ -350,10 +351,128 @@ pub fn is_offline_miss(output: &str) -> bool {
     .any(|needle| output.contains(needle))
 }
 
+/// Path-valued `UV_*` variables whose relative entries uv would take against its working
+/// directory (lists: `UV_FIND_LINKS` is comma-separated, `UV_INDEX` space-separated).
+const UV_PATH_VARIABLES: [(&str, Option<char>); 9] = [
+    ("UV_FIND_LINKS", Some(',')),
+    ("UV_INDEX", Some(' ')),
+    ("UV_DEFAULT_INDEX", None),
+    ("UV_INDEX_URL", None),
+    ("UV_EXTRA_INDEX_URL", Some(' ')),
+    ("UV_CONFIG_FILE", None),
+    ("UV_CONSTRAINT", Some(' ')),
+    ("UV_OVERRIDE", Some(' ')),
+    ("UV_BUILD_CONSTRAINT", Some(' ')),
+];
+
+/// uv run from inside the penv, so that no `uv.toml` or `pyproject.toml [tool.uv]` of the
+/// directory penv-guard was started in (a PlatformIO project) can redirect the penv's install
+/// (a `target` there makes uv write elsewhere). Configuration above the penv
+/// (`~/.config/uv/uv.toml`, `/etc/uv/uv.toml`, a `uv.toml` in a parent of the penv) and `UV_*`
+/// variables still apply; relative paths in path-valued `UV_*` variables are made absolute
+/// first, so they still mean what they meant where penv-guard was started. Every path
+/// penv-guard itself gives uv is absolute.
+fn uv_command(uv: &Path, penv: &Penv) -> Command {
+    let mut command = Command::new(uv);
+    if penv.root.is_dir() {
+        command.current_dir(&penv.root);
+        for (name, separator) in UV_PATH_VARIABLES {
+            if let Some(value) = std::env::var_os(name).and_then(|v| v.into_string().ok()) {
+                command.env(name, absolute_entries(&value, separator));
+            }
+        }
+    }
+    command
+}
+
+/// Each entry of a `UV_*` value that is a relative path, made absolute; URLs and absolute paths
+/// unchanged.
+fn absolute_entries(value: &str, separator: Option<char>) -> String {
+    let one = |entry: &str| {
+        if entry.is_empty() || entry.contains("://") || Path::new(entry).is_absolute() {
+            entry.to_owned()
+        } else {
+            absolute(Path::new(entry)).to_string_lossy().into_owned()
+        }
+    };
+    match separator {
+        Some(sep) => value
+            .split(sep)
+            .map(one)
+            .collect::<Vec<_>>()
+            .join(&sep.to_string()),
+        None => one(value),
+    }
+}
+
+/// The uv configuration files that apply to an install into `penv` (as uv 0.13.9 finds them:
+/// `UV_CONFIG_FILE`, else the nearest `uv.toml` or `pyproject.toml` with a `[tool.uv` table
+/// from the penv up, the user's and the system's `uv.toml`), for a message when an install
+/// landed elsewhere. Empty under `UV_NO_CONFIG`.
+pub fn config_files(penv: &Penv) -> Vec<PathBuf> {
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(file) = set("UV_CONFIG_FILE") {
+        return vec![absolute(Path::new(&file))];
+    }
+    if set("UV_NO_CONFIG").is_some_and(|v| v != "0" && v != "false") {
+        return Vec::new();
+    }
+    let mut files = Vec::new();
+    for dir in penv.root.ancestors() {
+        let uv_toml = dir.join("uv.toml");
+        let pyproject = dir.join("pyproject.toml");
+        if uv_toml.is_file() {
+            files.push(uv_toml);
+            break;
+        }
+        if crate::fsutil::read_foreign_text(&pyproject).is_some_and(|t| t.contains("[tool.uv")) {
+            files.push(pyproject);
+            break;
+        }
+    }
+    let user_dir = set("XDG_CONFIG_HOME").map(PathBuf::from).or_else(|| {
+        set(if cfg!(windows) { "APPDATA" } else { "HOME" }).map(|home| {
+            if cfg!(windows) {
+                PathBuf::from(home)
+            } else {
+                PathBuf::from(home).join(".config")
+            }
+        })
+    });
+    let system = if cfg!(windows) {
+        set("PROGRAMDATA").map(|d| PathBuf::from(d).join("uv").join("uv.toml"))
+    } else {
+        Some(PathBuf::from("/etc/uv/uv.toml"))
+    };
+    files.extend(
+        user_dir
+            .map(|d| d.join("uv").join("uv.toml"))
+            .into_iter()
+            .chain(system)
+            .filter(|f| f.is_file()),
+    );
+    files
+}
+
 /// `uv --version`, asked once after an install, for the state and `status`.
 pub fn uv_version(uv: &Path) -> Option<String> {
     let mut command = Command::new(uv);
     command.arg("--version");
     let out = process::run(command, Duration::from_secs(10), Stderr::Captured, None).ok()?;
     out.success().then(|| out.stdout.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_entries_of_uv_path_variables_become_absolute_and_urls_stay() {
+        let cwd = std::env::current_dir().unwrap();
+        let joined = absolute_entries("wheels,https://x/simple,/abs", Some(','));
+        let entries: Vec<&str> = joined.split(',').collect();
+        assert_eq!(entries[0], cwd.join("wheels").to_string_lossy());
+        assert_eq!(entries[1..], ["https://x/simple", "/abs"]);
+        assert_eq!(absolute_entries("file:///x", None), "file:///x");
+    }
 }

@@ -1190,3 +1190,64 @@ fn offline_with_no_uv_anywhere_uses_only_local_uv_or_fails_at_once_with_exit_4()
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.json()["installed"]["alpha"], "1.0");
 }
+
+#[test]
+fn uv_configuration_in_the_current_directory_cannot_redirect_the_penv_install() {
+    let w = World::new();
+    let elsewhere = w.dir.path().join("elsewhere");
+    let user_config = w.dir.path().join("xdg");
+    fs::create_dir_all(&user_config).unwrap();
+    // A PlatformIO project whose uv.toml or pyproject.toml sends `uv pip install` elsewhere.
+    let project = w.dir.path().join("project");
+    fs::create_dir_all(project.join("w")).unwrap();
+    let uv_toml = format!("[pip]\ntarget = \"{}\"\n", elsewhere.display());
+    let pyproject = format!(
+        "[project]\nname = \"fw\"\nversion = \"1\"\n\n[tool.uv.pip]\ntarget = \"{}\"\n",
+        elsewhere.display()
+    );
+    // Relative paths the user gives still mean what they meant in the project directory.
+    fs::write(project.join("reqs.txt"), "alpha<2\n").unwrap();
+    let in_project = |w: &World| {
+        w.cmd("ensure")
+            .arg("-r")
+            .arg("reqs.txt")
+            .arg("--uv-cache-dir")
+            .arg("uv-cache")
+            .env_remove("UV_NO_CONFIG")
+            .env("XDG_CONFIG_HOME", &user_config)
+    };
+    for (file, text) in [("uv.toml", &uv_toml), ("pyproject.toml", &pyproject)] {
+        fs::write(project.join(file), text).unwrap();
+        let run = in_project(&w).arg("--verify").run_in(&project);
+        assert_eq!(run.code, Some(0), "{file}: {}", run.stderr);
+        assert!(!elsewhere.exists(), "{file} redirected the install");
+        assert!(w.site_packages().join("alpha").is_dir());
+        assert!(project.join("uv-cache").is_dir(), "relative --uv-cache-dir");
+        fs::remove_file(project.join(file)).unwrap();
+    }
+    // The user's own configuration still applies: here it is where the wheels are found.
+    let user_uv = user_config.join("uv/uv.toml");
+    fs::create_dir_all(user_uv.parent().unwrap()).unwrap();
+    let links = w.find_links().into_string().unwrap();
+    let quoted: Vec<String> = links.split(',').map(|l| format!("\"{l}\"")).collect();
+    fs::write(&user_uv, format!("find-links = [{}]\n", quoted.join(", "))).unwrap();
+    let run = in_project(&w)
+        .arg("--dep")
+        .arg("single")
+        .env_remove("UV_FIND_LINKS")
+        .run_in(&project);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(w.site_packages().join("single_mod.py").is_file());
+    // A user configuration that sends the install elsewhere is named.
+    fs::write(&user_uv, &uv_toml).unwrap();
+    let run = in_project(&w)
+        .arg("--dep")
+        .arg("postpkg")
+        .run_in(&project)
+        .code(1);
+    assert!(
+        run.stderr.contains(&*user_uv.to_string_lossy()),
+        "{}",
+        run.stderr
+    );
+}

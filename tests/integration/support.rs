@@ -428,6 +428,11 @@ impl TestCommand {
         self
     }
 
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.command.env_remove(key);
+        self
+    }
+
     pub fn run(mut self) -> Run {
         let output = self.command.output().expect("penv-guard runs");
         Run::from(output)
