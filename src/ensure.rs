@@ -266,7 +266,11 @@ impl Run<'_> {
                 host.version
             ));
             let python = PathBuf::from(&host.path);
-            uv::create_venv(uv.as_deref(), &python, &ctx.penv, timeout, lock.file())?;
+            if let Some(warning) =
+                uv::create_venv(uv.as_deref(), &python, &ctx.penv, timeout, lock.file())?
+            {
+                self.say(warning);
+            }
             phases.end("venv");
         }
         let uv = if let Some(uv) = uv.take() {

@@ -93,30 +93,34 @@ pub fn check_penv_is_ours(penv: &Penv) -> Result<()> {
 
 /// (Re)creates the penv with `python`: with `uv venv` when a uv is given, else with
 /// `python -m venv` (which brings pip, to install uv with). An existing directory is cleared only
-/// when it is a venv or penv-guard made it; penv-guard's own files stay.
+/// when it is a venv or penv-guard made it; penv-guard's own files stay. `Some` is a warning
+/// about what [`clear`] could not delete.
 pub fn create_venv(
     uv: Option<&Path>,
     python: &Path,
     penv: &Penv,
     timeout: Duration,
     hold: Option<&File>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let fail = |message: String| Error::VenvCreate {
         penv: penv.root.clone(),
         message,
     };
     check_penv_is_ours(penv)?;
-    if matches!(penv.occupant(), Occupant::Venv | Occupant::OursUnfinished) {
-        clear(penv).map_err(fail)?;
-    }
+    let occupant = penv.occupant();
     std::fs::create_dir_all(&penv.root)
         .map_err(|e| fail(format!("cannot create the directory: {e}")))?;
+    // The marker first: a clear that stops half-way leaves a directory recognisably ours.
     std::fs::write(penv.created_marker(), b"").map_err(|e| {
         fail(format!(
             "cannot write {}: {e}",
             penv.created_marker().display()
         ))
     })?;
+    let mut warning = None;
+    if matches!(occupant, Occupant::Venv | Occupant::OursUnfinished) {
+        warning = clear(penv).map_err(fail)?;
+    }
     let program = uv.unwrap_or(python).to_path_buf();
     let (mut command, what) = if let Some(uv) = uv {
         let mut command = uv_command(uv, penv);
@@ -134,7 +138,7 @@ pub fn create_venv(
     let out = process::run(command, timeout, Stderr::Captured, hold)
         .map_err(|e| fail(format!("cannot run {}: {e}", program.display())))?;
     if out.success() {
-        Ok(())
+        Ok(warning)
     } else {
         Err(fail(format!(
             "`{what}` {}: {}",
@@ -144,27 +148,102 @@ pub fn create_venv(
     }
 }
 
-/// Removes the venv's contents, `pyvenv.cfg` last (with the marker already written, the
-/// directory is recognisable whenever this stops).
-fn clear(penv: &Penv) -> std::result::Result<(), String> {
+/// Where [`clear`] moves a venv's contents before deleting them, inside the penv.
+const ASIDE_PREFIX: &str = ".penv-guard-old-";
+
+/// Clears the venv without ever leaving it half-deleted: every entry but penv-guard's own files
+/// is first moved into a fresh directory inside the penv (`.penv-guard-old-<pid>`; renames within
+/// one filesystem), `pyvenv.cfg` last. If a move fails (a file in use on Windows, an immutable
+/// or read-only directory), the moves done are undone and nothing is deleted: the penv stays as
+/// it was and usable, and the error names the entry. Only then is the moved-aside directory
+/// deleted; what cannot be deleted there (a file still in use) stays, named in the returned
+/// warning, and the next clear removes it.
+fn clear(penv: &Penv) -> std::result::Result<Option<String>, String> {
     let Ok(entries) = std::fs::read_dir(&penv.root) else {
-        return Ok(());
+        return Ok(None);
     };
-    let mut entries: Vec<std::fs::DirEntry> = entries.flatten().collect();
-    entries.sort_by_key(|e| e.file_name() == "pyvenv.cfg");
-    for entry in entries {
-        if is_own_file_name(&entry.file_name()) {
-            continue;
+    let mut names: Vec<std::ffi::OsString> = entries
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|name| !is_own_file_name(name))
+        .collect();
+    // Leftovers of an earlier clear go now where they can; what cannot stays aside.
+    names.retain(|name| {
+        let leftover = name.to_str().is_some_and(|n| n.starts_with(ASIDE_PREFIX));
+        if leftover {
+            let _ = remove_tree(&penv.root.join(name));
         }
-        let path = entry.path();
-        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        removed.map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+        !leftover
+    });
+    names.sort_by_key(|name| name == "pyvenv.cfg");
+    let aside = (0..100u32)
+        .map(|n| {
+            penv.root
+                .join(format!("{ASIDE_PREFIX}{}-{n}", std::process::id()))
+        })
+        .find(|dir| std::fs::create_dir(dir).is_ok())
+        .ok_or_else(|| format!("cannot create a directory in {}", penv.root.display()))?;
+    let mut moved: Vec<&std::ffi::OsString> = Vec::new();
+    for name in &names {
+        let from = penv.root.join(name);
+        if let Err(e) = std::fs::rename(&from, aside.join(name)) {
+            let not_back: Vec<String> = moved
+                .iter()
+                .rev()
+                .filter(|m| std::fs::rename(aside.join(m), penv.root.join(m)).is_err())
+                .map(|m| m.to_string_lossy().into_owned())
+                .collect();
+            if not_back.is_empty() {
+                let _ = std::fs::remove_dir(&aside);
+                return Err(format!(
+                    "cannot move {} aside to clear the penv: {e} (a file in it in use by a \
+                     running program, or an immutable or read-only directory?); nothing was \
+                     removed, the penv is as it was",
+                    from.display()
+                ));
+            }
+            return Err(format!(
+                "cannot move {} aside to clear the penv: {e}; and {} could not be moved back \
+                 from {}",
+                from.display(),
+                not_back.join(", "),
+                aside.display()
+            ));
+        }
+        moved.push(name);
     }
-    Ok(())
+    Ok(remove_tree(&aside).err().map(|(path, e)| {
+        format!(
+            "the old penv's files were moved aside to {}, but {} cannot be deleted ({e}: in use \
+             by a running program?); they are left there, and a later recreation removes them",
+            aside.display(),
+            path.display()
+        )
+    }))
+}
+
+/// `remove_dir_all` that names the first path it could not remove. Symlinks are removed, never
+/// followed.
+fn remove_tree(path: &Path) -> std::result::Result<(), (PathBuf, std::io::Error)> {
+    let at = |e| (path.to_path_buf(), e);
+    let meta = std::fs::symlink_metadata(path).map_err(at)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(at)? {
+            remove_tree(&entry.map_err(at)?.path())?;
+        }
+        std::fs::remove_dir(path).map_err(at)
+    } else {
+        // A directory symlink on Windows is removed as a directory.
+        std::fs::remove_file(path)
+            .or_else(|e| {
+                if meta.file_type().is_symlink() {
+                    std::fs::remove_dir(path)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(at)
+    }
 }
 
 /// Puts uv into a penv that has none, the way pioarduino does when no uv exists anywhere: with

@@ -805,26 +805,6 @@ fn a_moved_penv_is_recreated_even_when_its_activate_script_says_nothing() {
     assert!(activate.contains(&format!("VIRTUAL_ENV='{}'", moved.display())));
 }
 
-#[test]
-fn a_clear_that_failed_half_way_is_finished_by_the_next_run() {
-    let w = World::new();
-    w.ensure(&["alpha"]).run().ok();
-    let stuck = w.site_packages().join("alpha/__init__.py");
-    if !chattr("+i", &stuck) {
-        eprintln!("skipped: chattr +i is not supported here");
-        return;
-    }
-    // The penv's Python changes: it must be cleared, and the clear fails on the immutable file.
-    let cfg = w.penv.join("pyvenv.cfg");
-    let text = fs::read_to_string(&cfg).unwrap();
-    fs::write(&cfg, text.replace("version_info = 3.", "version_info = 2.")).unwrap();
-    let failed = w.ensure(&["alpha"]).run();
-    chattr("-i", &stuck);
-    assert_eq!(failed.code, Some(1), "{}", failed.stderr);
-    let run = w.ensure(&["alpha"]).arg("--json").run().ok();
-    assert_eq!(run.status(), "installed");
-}
-
 fn chattr(flag: &str, path: &Path) -> bool {
     Command::new("chattr")
         .arg(flag)
@@ -1250,4 +1230,115 @@ fn uv_configuration_in_the_current_directory_cannot_redirect_the_penv_install() 
         "{}",
         run.stderr
     );
+}
+
+/// The penv's entries as `clear` sees them (in directory order), penv-guard's own files left out.
+fn penv_entries(w: &World) -> Vec<std::ffi::OsString> {
+    fs::read_dir(&w.penv)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().starts_with(".penv-guard"))
+        .collect()
+}
+
+/// pyvenv.cfg claims another minor version of Python: the next miss must recreate the penv.
+fn claim_another_python(w: &World) {
+    let cfg = w.penv.join("pyvenv.cfg");
+    let text = fs::read_to_string(&cfg).unwrap();
+    let other: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("version_info") {
+                "version_info = 3.1.0".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(&cfg, other + "\n").unwrap();
+}
+
+#[test]
+fn recreating_a_penv_that_cannot_be_cleared_leaves_it_as_it_was_naming_the_entry() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    // The last directory in the order a clear reads them: a clear that deletes as it goes has
+    // removed everything before it when it fails there.
+    let before = penv_entries(&w);
+    let stuck = before
+        .iter()
+        .map(|n| w.penv.join(n))
+        .rev()
+        .find(|p| fs::symlink_metadata(p).unwrap().is_dir())
+        .unwrap();
+    if !chattr("+i", &stuck) {
+        eprintln!("skipped: chattr +i not supported here");
+        return;
+    }
+    claim_another_python(&w);
+    let run = w.ensure(&["alpha"]).run();
+    chattr("-i", &stuck);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&*stuck.to_string_lossy()) && run.stderr.contains("as it was"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        penv_entries(&w),
+        before,
+        "nothing removed, nothing left aside"
+    );
+    let import = Command::new(w.penv.join("bin/python"))
+        .args(["-c", "import alpha"])
+        .status()
+        .unwrap();
+    assert!(import.success(), "the penv still works");
+    w.ensure(&["alpha"]).run().ok();
+}
+
+#[test]
+fn recreating_a_penv_with_an_undeletable_file_builds_a_new_one_and_names_the_file_left() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let stuck = w.site_packages().join("alpha/__init__.py");
+    if !chattr("+i", &stuck) {
+        eprintln!("skipped: chattr +i not supported here");
+        return;
+    }
+    claim_another_python(&w);
+    let run = w.ensure(&["alpha"]).run();
+    let aside: Vec<PathBuf> = fs::read_dir(&w.penv)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".penv-guard-old-"))
+        .collect();
+    for dir in &aside {
+        for entry in walk(dir) {
+            chattr("-i", &entry);
+        }
+    }
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("alpha/__init__.py") && run.stderr.contains("cannot be deleted"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(aside.len(), 1, "the old files are left aside in the penv");
+    assert!(w.state_path().is_file(), "the new penv was validated");
+    // The next recreation removes what was left.
+    claim_another_python(&w);
+    w.ensure(&["alpha"]).run().ok();
+    assert!(!aside[0].exists());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        for entry in fs::read_dir(dir).unwrap() {
+            out.extend(walk(&entry.unwrap().path()));
+        }
+    }
+    out
 }
