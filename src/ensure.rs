@@ -30,7 +30,8 @@ use crate::verdict::{self, Context, MissReason, Verdict};
 const MAX_SECONDS: f64 = 3.2e9;
 
 pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
-    let lock_timeout = seconds(args.lock_timeout, "--lock-timeout")?;
+    let (lock_timeout, given_as) = args.lock_timeout()?;
+    let lock_timeout = seconds(lock_timeout, given_as)?;
     let install_timeout = seconds(args.install_timeout, "--install-timeout")?;
     // An unknown `--env` is bad input before anything else happens, as it is for `size`.
     let build_size = match (&args.project_dir, &args.env) {

@@ -47,21 +47,14 @@ impl std::fmt::Display for ReadError {
     }
 }
 
+#[cfg(unix)]
 fn open_flags(follow: Follow) -> i32 {
-    #[cfg(unix)]
-    {
-        use rustix::fs::OFlags;
-        let mut flags = OFlags::NONBLOCK | OFlags::CLOEXEC;
-        if follow == Follow::Never {
-            flags |= OFlags::NOFOLLOW;
-        }
-        i32::try_from(flags.bits()).unwrap_or(0)
+    use rustix::fs::OFlags;
+    let mut flags = OFlags::NONBLOCK | OFlags::CLOEXEC;
+    if follow == Follow::Never {
+        flags |= OFlags::NOFOLLOW;
     }
-    #[cfg(not(unix))]
-    {
-        let _ = follow;
-        0
-    }
+    i32::try_from(flags.bits()).unwrap_or(0)
 }
 
 /// Opens `path` for reading without blocking; `Err(NotRegular)` for anything but a regular file.

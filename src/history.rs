@@ -2,8 +2,16 @@
 //! its phase timings, the command line) to `<penv>/.penv-guard-history.jsonl`, beside the state.
 //! Hits write nothing. The file keeps the last 50 records and is rewritten atomically under the
 //! penv lock; a lost or corrupt history is only an empty one, never an error.
+//!
+//! Bounded by size as well as count: each record's text fields are cut to [`TEXT_CAP`] bytes
+//! (a "deps changed" reason listing thousands of names, a long command line), and the file to
+//! [`FILE_CAP`] bytes (the oldest records go first). Reading skips any line longer than a record
+//! can be (a file written by an older version, or by hand) instead of giving up on the file, so
+//! one huge record never costs the others. Records with an impossible time (not finite, before
+//! 1970, after 9999) are ignored.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead as _, Read as _};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +20,14 @@ use crate::penv::Penv;
 
 pub const HISTORY_FILE: &str = ".penv-guard-history.jsonl";
 const KEEP: usize = 50;
+/// The most bytes of each text field a record keeps (cut at a character boundary, with `…`).
+pub const TEXT_CAP: usize = 2048;
+/// The most bytes the history file holds.
+pub const FILE_CAP: usize = 128 << 10;
+/// A line longer than this is not a record penv-guard wrote (its fields are capped); skipped.
+const LINE_CAP: u64 = 16 << 10;
+/// 9999-12-31, the last Unix time a record can carry.
+const LAST_TIME: f64 = 253_402_300_799.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Miss {
@@ -29,16 +45,67 @@ pub struct Miss {
 
 pub fn load(penv: &Penv) -> Vec<Miss> {
     let path = penv.root.join(HISTORY_FILE);
-    let Ok(bytes) = fsutil::read_capped(&path, fsutil::OWN_FILE_CAP, Follow::Never) else {
+    let Ok(file) = fsutil::open_regular(&path, Follow::Never) else {
         return Vec::new();
     };
-    String::from_utf8_lossy(&bytes)
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
+    let mut reader = std::io::BufReader::new(file.take(fsutil::FOREIGN_FILE_CAP));
+    let mut misses = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let Ok(read) = (&mut reader).take(LINE_CAP).read_until(b'\n', &mut line) else {
+            break;
+        };
+        if read == 0 {
+            break;
+        }
+        if read as u64 == LINE_CAP && line.last() != Some(&b'\n') {
+            // Longer than any record: skip the rest of it.
+            if reader.skip_until(b'\n').is_err() {
+                break;
+            }
+            continue;
+        }
+        if let Ok(miss) = serde_json::from_slice::<Miss>(&line)
+            && miss.at.is_finite()
+            && (0.0..=LAST_TIME).contains(&miss.at)
+        {
+            misses.push(miss.capped());
+        }
+    }
+    misses
 }
 
-/// Appends `miss`, keeping the last 50. Best effort: the history never fails a run.
+impl Miss {
+    /// This record with each text field cut to [`TEXT_CAP`] bytes.
+    fn capped(mut self) -> Miss {
+        for text in [
+            &mut self.kind,
+            &mut self.reason,
+            &mut self.status,
+            &mut self.command,
+        ] {
+            cap(text);
+        }
+        self
+    }
+}
+
+/// `text` cut to at most [`TEXT_CAP`] bytes at a character boundary, ending in `…` when cut.
+fn cap(text: &mut String) {
+    if text.len() <= TEXT_CAP {
+        return;
+    }
+    let mut end = TEXT_CAP - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+}
+
+/// Appends `miss`, keeping the last 50 within [`FILE_CAP`] bytes. Best effort: the history
+/// never fails a run.
 pub fn append(penv: &Penv, miss: &Miss) {
     let path = penv.root.join(HISTORY_FILE);
     // Something else at the history path (a FIFO, a directory) is not penv-guard's to replace.
@@ -46,22 +113,33 @@ pub fn append(penv: &Penv, miss: &Miss) {
         return;
     }
     let mut misses = load(penv);
-    misses.push(miss.clone());
-    let skip = misses.len().saturating_sub(KEEP);
-    let mut text = String::new();
-    for miss in &misses[skip..] {
-        if let Ok(line) = serde_json::to_string(miss) {
-            text.push_str(&line);
-            text.push('\n');
+    misses.push(miss.clone().capped());
+    // Newest first, until the count or the bytes run out; then written oldest first.
+    let mut lines = Vec::new();
+    let mut bytes = 0;
+    for miss in misses.iter().rev().take(KEEP) {
+        let Ok(mut line) = serde_json::to_string(miss) else {
+            continue;
+        };
+        line.push('\n');
+        if bytes + line.len() > FILE_CAP {
+            break;
         }
+        bytes += line.len();
+        lines.push(line);
     }
+    let text: String = lines.into_iter().rev().collect();
     let _ = fsutil::write_atomic(&path, text.as_bytes(), false);
 }
 
 /// "3 misses in the last 24 h: 2× stamp_changed (changed behind penv-guard's back: …) at 12:03
 /// and 12:40 UTC, 1× deps_changed … at 09:15 UTC", or `None` when there were none.
 pub fn summary(misses: &[Miss], now: f64) -> Option<String> {
-    let recent: Vec<&Miss> = misses.iter().filter(|m| now - m.at < 86_400.0).collect();
+    // A record from the future (a clock set back since) is not "in the last 24 h".
+    let recent: Vec<&Miss> = misses
+        .iter()
+        .filter(|m| (0.0..86_400.0).contains(&(now - m.at)))
+        .collect();
     if recent.is_empty() {
         return None;
     }
@@ -80,7 +158,7 @@ pub fn summary(misses: &[Miss], now: f64) -> Option<String> {
             format!(
                 "{}× {} at {} UTC",
                 list.len(),
-                list.last().map_or("", |m| m.reason.as_str()),
+                crate::messages::printable(list.last().map_or("", |m| m.reason.as_str())),
                 times.join(", ")
             )
         })
@@ -154,5 +232,49 @@ mod tests {
         assert_eq!(misses.len(), 50);
         assert!((misses[0].at - 10.0).abs() < f64::EPSILON);
         assert!((misses[49].at - 59.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn records_are_capped_and_the_file_stays_under_its_byte_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let penv = Penv {
+            root: dir.path().to_path_buf(),
+        };
+        for i in 0..60 {
+            let mut big = miss(f64::from(i), "deps_changed", &"ü".repeat(100_000));
+            big.command = "x".repeat(1 << 20);
+            append(&penv, &big);
+        }
+        let text = std::fs::read_to_string(dir.path().join(HISTORY_FILE)).unwrap();
+        assert!(text.len() <= FILE_CAP, "{}", text.len());
+        let misses = load(&penv);
+        assert!(misses.len() > 10, "{}", misses.len());
+        assert!((misses.last().unwrap().at - 59.0).abs() < f64::EPSILON);
+        for m in &misses {
+            assert!(m.reason.len() <= TEXT_CAP && m.reason.ends_with('…'));
+            assert!(m.command.len() <= TEXT_CAP && m.command.ends_with('…'));
+        }
+    }
+
+    #[test]
+    fn an_overlong_line_and_impossible_dates_are_skipped_not_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let penv = Penv {
+            root: dir.path().to_path_buf(),
+        };
+        let line = |m: &Miss| serde_json::to_string(m).unwrap() + "\n";
+        let mut huge = miss(2.0, "deps_changed", "");
+        huge.reason = "y".repeat(5 << 20);
+        let text = [
+            line(&miss(1.0, "no_penv", "first")),
+            line(&huge),
+            line(&miss(-5.0, "no_penv", "before 1970")),
+            line(&miss(1e300, "no_penv", "after 9999")),
+            line(&miss(3.0, "no_penv", "third")),
+        ]
+        .concat();
+        std::fs::write(dir.path().join(HISTORY_FILE), text).unwrap();
+        let reasons: Vec<String> = load(&penv).into_iter().map(|m| m.reason).collect();
+        assert_eq!(reasons, ["first", "third"]);
     }
 }

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
                     "exit_code": error.exit_code(),
                     "error": error.to_string(),
                 });
-                messages::println(&report.to_string());
+                messages::println(&messages::json(&report, false));
             }
             ExitCode::from(error.exit_code())
         }

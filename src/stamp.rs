@@ -100,9 +100,10 @@ impl<'a> StampRoot<'a> {
             && !relative.is_empty()
         {
             let stat = rustix::fs::statat(dir, relative, rustix::fs::AtFlags::empty()).ok()?;
-            let ns = |seconds: i64, nanos: u64| {
-                fsutil::seconds_and_nanos(seconds, i64::try_from(nanos).unwrap_or(0))
-            };
+            // `st_*time_nsec` is a u64 on 64-bit Linux and a u32 on 32-bit (armv7).
+            fn ns(seconds: i64, nanos: impl TryInto<i64>) -> i64 {
+                fsutil::seconds_and_nanos(seconds, nanos.try_into().unwrap_or(0))
+            }
             return Some(Stamp {
                 ino: stat.st_ino,
                 size: u64::try_from(stat.st_size).unwrap_or(0),

@@ -383,6 +383,41 @@ fn dependency_table(
         .collect()
 }
 
+/// The requirement column's width in the human table.
+const REQUIREMENT: usize = 40;
+
+/// One miss for people, newest first in `status`: `installed in 19.1 s (the penv does not
+/// exist): penv-guard ensure …`. The text came from a file, so control characters are escaped.
+fn history_line(miss: &crate::history::Miss) -> String {
+    use crate::messages::printable;
+    let outcome = match miss.status.as_str() {
+        "hit" => "another run had just done it".to_owned(),
+        "revalidated" => "re-checked the files".to_owned(),
+        "installed" => "installed".to_owned(),
+        other => match other
+            .strip_prefix("error: ")
+            .and_then(|e| e.split_once(": "))
+        {
+            Some((code, message)) => format!(
+                "failed with exit {}: {}",
+                printable(code),
+                printable(message)
+            ),
+            None => printable(other),
+        },
+    };
+    let took = miss
+        .timings_ms
+        .get("total")
+        .map(|ms| format!(" in {}", crate::messages::human_ms(*ms)))
+        .unwrap_or_default();
+    format!(
+        "{outcome}{took} ({}): {}",
+        printable(&miss.reason),
+        printable(&miss.command)
+    )
+}
+
 fn print_human(r: &Report) {
     use std::fmt::Write as _;
     let mut text = String::new();
@@ -443,16 +478,14 @@ fn print_human(r: &Report) {
         _ => out!("lock          free"),
     }
     if let Some(last) = &r.last_install {
-        let phases: Vec<String> = last
-            .timings_ms
-            .iter()
-            .map(|(phase, ms)| format!("{phase} {ms:.0} ms"))
-            .collect();
-        out!("last install  {}", phases.join(", "));
+        out!(
+            "last install  {}",
+            crate::phases::in_order(&last.timings_ms)
+        );
     }
     out!();
     out!(
-        "{:<40} {:<16} {:<4} modules",
+        "{:<REQUIREMENT$} {:<16} {:<4} modules",
         "requirement",
         "installed",
         "ok"
@@ -463,9 +496,16 @@ fn print_human(r: &Report) {
             (true, true) => "yes",
             (true, false) => "NO",
         };
+        // A requirement wider than its column (a URL) gets a line of its own, whole, and the
+        // columns follow on the next line, aligned.
+        let requirement = if dep.requirement.chars().count() > REQUIREMENT {
+            out!("{}", dep.requirement);
+            ""
+        } else {
+            dep.requirement.as_str()
+        };
         out!(
-            "{:<40} {:<16} {:<4} {}",
-            dep.requirement,
+            "{requirement:<REQUIREMENT$} {:<16} {:<4} {}",
             dep.installed.as_deref().unwrap_or("-"),
             ok,
             dep.modules.join(", ")
@@ -492,14 +532,7 @@ fn print_human(r: &Report) {
     if let Some(misses) = &r.misses {
         out!("misses        {misses}");
         for miss in r.history.iter().rev().take(3) {
-            let total = miss.timings_ms.get("total").copied().unwrap_or_default();
-            out!(
-                "              {} ({}, {:.1} s): {}",
-                miss.status,
-                miss.kind,
-                total / 1000.0,
-                miss.command
-            );
+            out!("              {}", history_line(miss));
         }
     }
     for line in &r.platforms {

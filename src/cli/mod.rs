@@ -25,7 +25,12 @@ impl Cli {
         Cli::parse_from_args(std::env::args_os().collect())
     }
 
-    pub fn parse_from_args(args: Vec<OsString>) -> Cli {
+    pub fn parse_from_args(mut args: Vec<OsString>) -> Cli {
+        // `help --help` (or `help ensure -h`) asks for help too: clap's help subcommand takes
+        // only subcommand names and would call `--help` an unrecognized subcommand.
+        if args.get(1).is_some_and(|a| a == "help") {
+            args.retain(|a| a != "--help" && a != "-h");
+        }
         let short = match args.get(1).and_then(|a| a.to_str()) {
             Some("ensure") => plain::ensure(&args)
                 .or_else(|| parse_alone::<EnsureArgs>("ensure", &args))
@@ -56,13 +61,23 @@ fn parse_alone<T: Args + FromArgMatches>(name: &'static str, args: &[OsString]) 
 
 pub(crate) const DEFAULT_TIMEOUT_SECS: f64 = 600.0;
 
+/// The variable that sets `--lock-timeout` where nobody can pass it (inside `pio run`).
+pub const LOCK_TIMEOUT_VAR: &str = "PENV_GUARD_LOCK_TIMEOUT";
+
+/// `fingerprint` installs nothing, takes no lock and never goes online: its own codes.
+const FINGERPRINT_EXIT_CODES: &str = "\
+Exit codes:
+  0   the fingerprint was printed
+  1   no Python to read the version from (see --python), or an I/O error
+  2   usage error or bad input (flags, requirements, deps JSON, paths)";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Make the penv satisfy the dependency list (a few ms when it already does)
     #[command(after_help = EXIT_CODES)]
     Ensure(EnsureArgs),
     /// Print the fingerprint of the dependency list and penv (a CI cache key)
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = FINGERPRINT_EXIT_CODES)]
     Fingerprint(FingerprintArgs),
     /// Report (and cache) the size of each PlatformIO environment's build directory
     Size(SizeArgs),
@@ -113,14 +128,10 @@ pub struct EnsureArgs {
     /// Never touch the network (also: PLATFORMIO_OFFLINE=1)
     #[arg(long)]
     pub offline: bool,
-    /// Seconds to wait for another penv-guard's lock; 0 tries once
-    #[arg(
-        long,
-        value_name = "SECS",
-        env = "PENV_GUARD_LOCK_TIMEOUT",
-        default_value_t = DEFAULT_TIMEOUT_SECS
-    )]
-    pub lock_timeout: f64,
+    /// Seconds to wait for another penv-guard's lock; 0 tries once [env: PENV_GUARD_LOCK_TIMEOUT]
+    /// [default: 600]
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<f64>,
     /// Seconds after which a running `uv pip install` (or validation) is killed
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub install_timeout: f64,
@@ -147,7 +158,36 @@ pub struct EnsureArgs {
     pub env: Option<String>,
 }
 
+impl EnsureArgs {
+    /// `--lock-timeout`, else `PENV_GUARD_LOCK_TIMEOUT`, else 600, with the name the user gave
+    /// it under (for the message when it is negative). The variable is read here, not by clap,
+    /// so a bad value is one line naming the variable and its value (exit 2), not clap's error
+    /// about a flag nobody passed.
+    pub fn lock_timeout(&self) -> Result<(f64, &'static str), crate::error::Error> {
+        if let Some(secs) = self.lock_timeout {
+            return Ok((secs, "--lock-timeout"));
+        }
+        let Some(value) = std::env::var_os(LOCK_TIMEOUT_VAR) else {
+            return Ok((DEFAULT_TIMEOUT_SECS, "--lock-timeout"));
+        };
+        let text = value.to_string_lossy();
+        if text.trim().is_empty() {
+            return Ok((DEFAULT_TIMEOUT_SECS, "--lock-timeout"));
+        }
+        match value.to_str().and_then(|v| v.trim().parse::<f64>().ok()) {
+            Some(secs) => Ok((secs, LOCK_TIMEOUT_VAR)),
+            None => Err(crate::error::Error::Usage(format!(
+                "{LOCK_TIMEOUT_VAR}={text:?} is not a number of seconds (0 tries the lock once; \
+                 unset, it waits 600)"
+            ))),
+        }
+    }
+}
+
+/// `--uv` and `--uv-cache-dir` do not enter the fingerprint: accepted (a script can pass
+/// `fingerprint` the line it passes `ensure`) but not offered in its help.
 #[derive(Debug, Args, Clone)]
+#[command(mut_arg("uv", |a| a.hide(true)), mut_arg("uv_cache_dir", |a| a.hide(true)))]
 pub struct FingerprintArgs {
     #[command(flatten)]
     pub penv: PenvArgs,

@@ -10,12 +10,8 @@ use super::{DEFAULT_TIMEOUT_SECS, DepArgs, EnsureArgs, PenvArgs, SizeArgs};
 
 /// `penv-guard ensure ...` read without clap, when it is written the plain way its callers write
 /// it (`penv_setup.py`, CI scripts; see [`plain_options`]). `None` also for `--quiet` with
-/// `--verbose`, `--env` without `--project-dir`, or `PENV_GUARD_LOCK_TIMEOUT` set: clap then
-/// parses the line. A property test holds every `Some` equal to clap's result.
+/// `--verbose` or `--env` without `--project-dir`: clap then parses the line. A property test holds every `Some` equal to clap's result.
 pub(super) fn ensure(args: &[OsString]) -> Option<EnsureArgs> {
-    if std::env::var_os("PENV_GUARD_LOCK_TIMEOUT").is_some() {
-        return None;
-    }
     let mut out = EnsureArgs {
         penv: PenvArgs {
             penv: None,
@@ -25,7 +21,7 @@ pub(super) fn ensure(args: &[OsString]) -> Option<EnsureArgs> {
         },
         deps: DepArgs::default(),
         offline: false,
-        lock_timeout: DEFAULT_TIMEOUT_SECS,
+        lock_timeout: None,
         install_timeout: DEFAULT_TIMEOUT_SECS,
         allow_unlocked: false,
         verify: false,
@@ -64,7 +60,7 @@ pub(super) fn ensure(args: &[OsString]) -> Option<EnsureArgs> {
             "--env" => out.env = Some(value.to_owned()),
             "--dep" => out.deps.dep.push(value.to_owned()),
             "-r" | "--requirement" => out.deps.requirement.push(value.into()),
-            "--lock-timeout" => out.lock_timeout = value.parse().ok()?,
+            "--lock-timeout" => out.lock_timeout = Some(value.parse().ok()?),
             "--install-timeout" => out.install_timeout = value.parse().ok()?,
             _ => return None,
         }

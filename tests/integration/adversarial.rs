@@ -134,6 +134,8 @@ fn penv_at_an_ordinary_directory_is_refused_and_nothing_in_it_is_deleted() {
     assert_eq!(w.uv_calls("venv"), 0, "no venv was made there");
 }
 
+// Linux only: the overlap shim takes its lock with flock(1), from util-linux.
+#[cfg(target_os = "linux")]
 #[test]
 fn deleting_the_penv_during_an_install_does_not_let_a_second_install_run_beside_it() {
     let w = World::new();
@@ -357,16 +359,22 @@ fn signal_mid_install_then_second_run(signal_name: &str) {
     );
 }
 
+// Linux only: the overlap shim takes its lock with flock(1), from util-linux.
+#[cfg(target_os = "linux")]
 #[test]
 fn sigterm_mid_install_stops_uv_before_the_lock_is_released() {
     signal_mid_install_then_second_run("TERM");
 }
 
+// Linux only: the overlap shim takes its lock with flock(1), from util-linux.
+#[cfg(target_os = "linux")]
 #[test]
 fn sigint_mid_install_stops_uv_before_the_lock_is_released() {
     signal_mid_install_then_second_run("INT");
 }
 
+// Linux only: the overlap shim takes its lock with flock(1), from util-linux.
+#[cfg(target_os = "linux")]
 #[test]
 fn sigkill_mid_install_leaves_the_lock_with_uv_until_it_is_gone() {
     signal_mid_install_then_second_run("KILL");
@@ -1341,4 +1349,143 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+
+// ---------------------------------------------------------------------------------------------
+// Issue 17 items 12-13 (ux)
+
+/// Item 13: a bad `PENV_GUARD_LOCK_TIMEOUT` is one line naming the variable and its value.
+#[test]
+fn a_bad_lock_timeout_variable_is_one_line_naming_it_and_its_value() {
+    let w = World::new();
+    for value in ["abc", "soon", "1e"] {
+        let run = w
+            .ensure(&["alpha"])
+            .env("PENV_GUARD_LOCK_TIMEOUT", value)
+            .run()
+            .code(2);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("PENV_GUARD_LOCK_TIMEOUT=\"{value}\"")),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("--lock-timeout"), "{}", run.stderr);
+    }
+    let run = w
+        .ensure(&["alpha"])
+        .env("PENV_GUARD_LOCK_TIMEOUT", "-3")
+        .run()
+        .code(2);
+    assert!(
+        run.stderr
+            .contains("PENV_GUARD_LOCK_TIMEOUT must be a non-negative number"),
+        "{}",
+        run.stderr
+    );
+    // The flag wins over the variable, as before.
+    w.ensure(&["alpha"])
+        .env("PENV_GUARD_LOCK_TIMEOUT", "abc")
+        .args(["--lock-timeout", "5"])
+        .run()
+        .ok();
+}
+
+#[test]
+fn status_escapes_control_characters_from_the_history() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    // A miss whose command line holds an escape sequence (a file name can).
+    let req = w.dir.path().join("\u{1b}[31mreq.txt");
+    fs::write(&req, "alpha\npostpkg\n").unwrap();
+    w.cmd("ensure").arg("-r").arg(&req).run().ok();
+    let human = w.cmd("status").arg("-r").arg(&req).run().ok();
+    assert!(!human.stdout.contains('\u{1b}'), "{:?}", human.stdout);
+    assert!(human.stdout.contains("\\u{1b}[31m"), "{}", human.stdout);
+}
+
+/// Item 12: the history is bounded by bytes, not only by count. A long "deps changed" reason is
+/// cut, and one huge record (written by an older version) costs only itself, not every record
+/// before it.
+#[test]
+fn the_miss_history_is_bounded_by_size_and_one_huge_record_costs_only_itself() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let history = w.penv.join(".penv-guard-history.jsonl");
+    let mut text = fs::read_to_string(&history).unwrap();
+    let first = text.clone();
+    text.push_str(
+        &first
+            .replace("no_penv", "huge")
+            .replace("the penv does not exist", &"y".repeat(5 << 20)),
+    );
+    fs::write(&history, &text).unwrap();
+    // A miss whose reason lists hundreds of new names.
+    let req = w.dir.path().join("many.txt");
+    let names: Vec<String> = (0..400)
+        .map(|i| format!("no-such-distribution-with-a-long-name-{i}"))
+        .collect();
+    fs::write(&req, format!("alpha\n{}\n", names.join("\n"))).unwrap();
+    w.cmd("ensure").arg("-r").arg(&req).run().code(1);
+    let written = fs::read_to_string(&history).unwrap();
+    assert!(written.len() < 256 << 10, "{} bytes", written.len());
+    let records: Vec<serde_json::Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["no_penv", "deps_changed"],
+        "the first record survives"
+    );
+    let reason = records[1]["reason"].as_str().unwrap();
+    assert!(
+        reason.len() <= 2048 && reason.ends_with('…'),
+        "{}",
+        reason.len()
+    );
+    let status = w.cmd("status").arg("-r").arg(&req).run().ok();
+    assert!(
+        status.stdout.contains("failed with exit 1"),
+        "{}",
+        status.stdout
+    );
+}
+
+/// Item 12: `status` ignores history records with impossible dates.
+#[test]
+fn status_ignores_history_records_with_impossible_dates() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let history = w.penv.join(".penv-guard-history.jsonl");
+    let real = fs::read_to_string(&history).unwrap();
+    let mut text = String::new();
+    for at in ["-86400.0", "1e300", "253402300800.5"] {
+        let forged = real.replacen("\"at\":", &format!("\"at\":{at},\"x\":"), 1);
+        text.push_str(&forged.replace("penv-guard ensure", "forged"));
+    }
+    text.push_str(&real);
+    fs::write(&history, text).unwrap();
+    let run = w
+        .cmd("status")
+        .arg("--json")
+        .args(["--dep", "alpha"])
+        .run()
+        .ok();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        report["history"].as_array().unwrap().len(),
+        1,
+        "{}",
+        report["history"]
+    );
+    assert!(
+        report["misses"].as_str().unwrap().starts_with("1 miss "),
+        "{}",
+        report["misses"]
+    );
 }

@@ -74,3 +74,89 @@ fn help_documents_exit_codes() {
         assert!(run.stdout.contains(code), "--help lacks {code}");
     }
 }
+
+#[test]
+fn verbose_prints_one_line_per_phase_with_its_duration_and_no_span_detail() {
+    let w = World::new();
+    let run = w.ensure(&["alpha"]).arg("-v").run().ok();
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    for phase in [
+        "check",
+        "lock wait",
+        "venv",
+        "install",
+        "validate",
+        "record",
+        "total",
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("penv-guard: {phase} ")))
+            .unwrap_or_else(|| panic!("no {phase} line:\n{}", run.stderr));
+        let duration = line.rsplit(' ').next().unwrap();
+        assert!(duration == "ms" || duration == "s", "{line}");
+    }
+    assert!(run.stderr.contains("penv-guard: miss: "), "{}", run.stderr);
+    for detail in ["time.busy", "phase{", "INFO"] {
+        assert!(!run.stderr.contains(detail), "{detail}:\n{}", run.stderr);
+    }
+    let hit = w.ensure(&["alpha"]).arg("-v").run().ok();
+    assert!(
+        hit.stderr.starts_with("penv-guard: check "),
+        "{}",
+        hit.stderr
+    );
+}
+
+#[test]
+fn each_help_shows_its_own_exit_codes_and_only_flags_that_matter() {
+    let w = World::new();
+    let help = w.cmd("fingerprint").arg("--help").run().ok().stdout;
+    assert!(help.contains("0   the fingerprint was printed"), "{help}");
+    for absent in ["75", "lock timeout", "validation failed", "--uv"] {
+        assert!(
+            !help.contains(absent),
+            "fingerprint --help shows {absent}:\n{help}"
+        );
+    }
+    // Still accepted, so a script can pass fingerprint the line it passes ensure.
+    let fingerprint = w.cmd("fingerprint").args(["--dep", "alpha"]).run().ok();
+    assert_eq!(
+        fingerprint.stdout.trim().len(),
+        64,
+        "{}",
+        fingerprint.stdout
+    );
+    let ensure = w.cmd("ensure").arg("--help").run().ok().stdout;
+    assert!(ensure.contains("75  lock timeout"), "{ensure}");
+    assert!(!ensure.contains("PENV_GUARD_LOCK_TIMEOUT=]"), "{ensure}");
+    assert!(ensure.contains("PENV_GUARD_LOCK_TIMEOUT"), "{ensure}");
+}
+
+/// penv-guard run with `words` alone, no world around it.
+fn bare(words: &[&str]) -> crate::support::Run {
+    crate::support::Run::from(
+        std::process::Command::new(crate::support::BIN)
+            .args(words)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn help_help_is_help() {
+    for words in [&["help", "--help"][..], &["help", "-h"], &["--help"]] {
+        let run = bare(words).ok();
+        assert!(
+            run.stdout.contains("Usage: penv-guard <COMMAND>"),
+            "{words:?}: {}",
+            run.stdout
+        );
+    }
+    let run = bare(&["help", "ensure", "--help"]).ok();
+    assert!(
+        run.stdout.contains("Usage: penv-guard ensure"),
+        "{}",
+        run.stdout
+    );
+}

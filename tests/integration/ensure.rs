@@ -592,7 +592,7 @@ fn penv_guard_log_shows_each_phase_with_its_duration_and_a_quiet_hit_prints_noth
     let w = World::new();
     let run = w
         .ensure(&["alpha"])
-        .env("PENV_GUARD_LOG", "info")
+        .env("PENV_GUARD_LOG", "debug")
         .run()
         .ok();
     for phase in [

@@ -56,6 +56,8 @@ fn rounds() -> usize {
         .unwrap_or(10)
 }
 
+// Linux only: install_intervals parses the shim's `date +%s.%N` (GNU date; BSD date has no %N).
+#[cfg(target_os = "linux")]
 #[test]
 fn sixteen_concurrent_ensures_on_a_cold_penv_install_exactly_once() {
     for round in 0..rounds() {
@@ -90,6 +92,8 @@ fn sixteen_concurrent_ensures_on_a_cold_penv_install_exactly_once() {
     }
 }
 
+// Linux only: install_intervals parses the shim's `date +%s.%N` (GNU date; BSD date has no %N).
+#[cfg(target_os = "linux")]
 #[test]
 fn concurrent_ensures_with_different_lists_serialise_and_each_ends_satisfied() {
     let lists: [&[&str]; 3] = [&["alpha<2"], &["postpkg"], &["alpha<2", "single"]];
@@ -159,6 +163,8 @@ fn assert_repaired_after_the_orphan(w: &World, deps: &[&str]) {
     assert_no_overlap(&install_intervals(w));
 }
 
+// Linux only: install_intervals parses the shim's `date +%s.%N` (GNU date; BSD date has no %N).
+#[cfg(target_os = "linux")]
 #[test]
 fn kill_9_during_install_keeps_the_lock_until_uv_is_gone_and_the_next_run_repairs() {
     let w = World::new();
@@ -169,6 +175,8 @@ fn kill_9_during_install_keeps_the_lock_until_uv_is_gone_and_the_next_run_repair
     assert_repaired_after_the_orphan(&w, &["alpha"]);
 }
 
+// Linux only: install_intervals parses the shim's `date +%s.%N` (GNU date; BSD date has no %N).
+#[cfg(target_os = "linux")]
 #[test]
 fn kill_9_while_creating_the_venv_keeps_the_lock_until_uv_venv_is_gone() {
     let w = World::new();
@@ -436,6 +444,8 @@ fn bad_input_exits_2_naming_the_offending_value() {
     assert_eq!(w.installs(), 0);
 }
 
+// Linux only: APFS (macOS) refuses file names that are not UTF-8.
+#[cfg(target_os = "linux")]
 #[test]
 fn non_utf8_and_relative_paths() {
     use std::os::unix::ffi::OsStrExt;

@@ -267,3 +267,72 @@ fn status_shows_the_miss_history_and_hits_write_none() {
         human.stdout
     );
 }
+
+#[test]
+fn status_reads_for_people_phases_in_run_order_outcomes_in_words_and_an_aligned_table() {
+    let w = World::new();
+    let wheel = fs::read_dir(&w.wheels)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("alpha-1.0")
+        })
+        .unwrap();
+    let url = format!("alpha @ file://{}", wheel.display());
+    assert!(url.len() > 40, "{url}");
+    w.ensure(&[&url, "postpkg"]).run().ok();
+    let human = w
+        .cmd("status")
+        .args(["--dep", &url, "--dep", "postpkg"])
+        .run()
+        .ok();
+    let out = &human.stdout;
+    let last = out
+        .lines()
+        .find_map(|l| l.strip_prefix("last install  "))
+        .unwrap_or_else(|| panic!("{out}"));
+    // The order the phases ran in, with the total last.
+    let order: Vec<&str> = last
+        .split([',', ';'])
+        .map(|p| p.trim().split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "check", "lock", "venv", "install", "RECORD", "validate", "record", "total"
+        ],
+        "{out}"
+    );
+    // The history line says what happened in words, with no internal code.
+    let miss = out
+        .lines()
+        .skip_while(|l| !l.starts_with("misses "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        miss.trim_start().starts_with("installed in ")
+            && miss.contains(" (the penv does not exist): "),
+        "{miss}"
+    );
+    assert!(!out.contains("no_penv"), "{out}");
+    // The long URL does not push the other columns out of line.
+    let header = out.lines().find(|l| l.starts_with("requirement ")).unwrap();
+    let column = header.find("installed").unwrap();
+    let rows: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("requirement "))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(
+        rows.contains(&url.as_str()),
+        "the URL whole on its own line: {out}"
+    );
+    for row in rows.iter().filter(|r| **r != url) {
+        assert_eq!(row.find("1.0"), Some(column), "{out}");
+    }
+}

@@ -403,8 +403,12 @@ impl World {
     }
 }
 
+// Windows has no executable bit (a program runs by its extension): nothing to set there.
+#[cfg_attr(not(unix), allow(unused_variables))]
 pub fn set_executable(path: &Path) {
+    #[cfg(unix)]
     use std::os::unix::fs::PermissionsExt;
+    #[cfg(unix)]
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
