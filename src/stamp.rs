@@ -64,10 +64,6 @@ impl Stamp {
             ctime_ns: fsutil::ctime_ns(m),
         }
     }
-
-    fn newest_ns(&self) -> i64 {
-        self.mtime_ns.max(self.ctime_ns)
-    }
 }
 
 /// A directory whose parts are stamped by their path relative to it. On Linux it is opened once
@@ -132,16 +128,23 @@ pub type Stamps = BTreeMap<String, Option<Stamp>>;
 
 pub const ESPTOOL_PREFIX: &str = "esptool-dir:";
 
-/// Parts that changed within `window_ns` before `at_ns`: a later change in the same timestamp
-/// tick would leave their stamp unchanged (git's "racy clean" entries).
+/// Parts whose mtime or ctime lies within `window_ns` of `at_ns`, before or after it: a later
+/// change in the same timestamp tick would leave their stamp unchanged (git's "racy clean"
+/// entries). A time further in the future than that (a CI cache or image built where the clock
+/// was ahead, an SMB/NFS server ahead, FAT after a time-zone change) is not racy: a later write
+/// stamps the writer's clock, which lies behind it, so it changes the stamp. Such a part is a
+/// change once (its stamp differs from the one recorded before), and hits after the miss that
+/// recorded it. Each time is judged alone: a future mtime (set by `tar` or `touch`) must not
+/// hide a ctime that is racy.
 pub fn racy_parts<'a>(
     stamps: impl IntoIterator<Item = (&'a str, &'a Option<Stamp>)>,
     at_ns: i64,
     window_ns: i64,
 ) -> Vec<String> {
+    let near = |t: i64| is_racy(t, at_ns, window_ns) && t <= at_ns.saturating_add(window_ns);
     stamps
         .into_iter()
-        .filter(|(_, stamp)| stamp.is_some_and(|s| is_racy(s.newest_ns(), at_ns, window_ns)))
+        .filter(|(_, stamp)| stamp.is_some_and(|s| near(s.mtime_ns) || near(s.ctime_ns)))
         .map(|(name, _)| name.to_owned())
         .collect()
 }
@@ -243,6 +246,33 @@ pub(crate) mod tests {
             ["pyvenv.cfg"]
         );
         assert!(racy_parts(parts(&stamps), 3_200_000_000, 8_000_000).is_empty());
+    }
+
+    #[test]
+    fn a_stamp_beyond_the_window_in_the_future_is_not_racy_but_one_just_ahead_is() {
+        let at = 3_000_000_000;
+        let ahead = |mtime_ns, ctime_ns| {
+            Stamps::from([(
+                "p".to_owned(),
+                Some(Stamp {
+                    ino: 1,
+                    size: 2,
+                    mtime_ns,
+                    ctime_ns,
+                }),
+            )])
+        };
+        let hour = 3_600_000_000_000;
+        assert!(racy_parts(parts(&ahead(at + hour, at + hour)), at, 8_000_000).is_empty());
+        assert_eq!(
+            racy_parts(parts(&ahead(at + 5_000_000, 0)), at, 8_000_000),
+            ["p"]
+        );
+        // A future mtime does not hide a ctime changed just before the stamp was taken.
+        assert_eq!(
+            racy_parts(parts(&ahead(at + hour, at - 1_000)), at, 8_000_000),
+            ["p"]
+        );
     }
 
     #[test]

@@ -1490,3 +1490,46 @@ fn status_ignores_history_records_with_impossible_dates() {
         report["misses"]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Round three (issue 17), second part
+
+#[test]
+fn a_stamp_in_the_future_is_a_change_once_and_then_hits() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    // A penv restored from a cache built where the clock was an hour ahead.
+    let ahead = format!(
+        "@{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600
+    );
+    for part in [w.penv.join("pyvenv.cfg"), w.site_packages().join("alpha")] {
+        assert!(
+            Command::new("touch")
+                .args(["-d", &ahead])
+                .arg(&part)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let run = w.ensure(&["alpha"]).arg("--json").run().ok();
+    assert_ne!(run.status(), "hit", "the stamps changed");
+    let history = w.penv.join(".penv-guard-history.jsonl");
+    let misses = fs::read_to_string(&history).unwrap().lines().count();
+    for _ in 0..2 {
+        let run = w.ensure(&["alpha"]).arg("--json").run().ok();
+        assert_eq!(run.status(), "hit", "{}", run.stderr);
+    }
+    assert_eq!(
+        fs::read_to_string(&history).unwrap().lines().count(),
+        misses,
+        "no miss recorded after the first"
+    );
+    let status = status_json(&w, &["alpha"]);
+    assert_eq!(status["verdict"]["result"], "hit", "{status}");
+}
