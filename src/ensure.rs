@@ -476,7 +476,7 @@ impl Run<'_> {
             fingerprint: fingerprint_input.hash(),
             fingerprint_input,
             request: ctx.request()?,
-            racy_window_ns: stamp::racy_window_ns(&stamps),
+            racy_window_ns: stamp::racy_window_ns(&stamps, |key| ctx.device_of(key)),
             stamps,
             recorded_at_ns,
             host_python,

@@ -156,17 +156,29 @@ pub fn is_racy(changed_ns: i64, at_ns: i64, window_ns: i64) -> bool {
 }
 
 /// The racy window for these stamps: twice the coarser of the kernel's timestamp tick and the
-/// granularity the filesystem showed in the timestamps just read (all whole seconds on FAT or
-/// ext3, nanoseconds on ext4, btrfs, xfs, tmpfs, APFS).
-pub fn racy_window_ns(stamps: &Stamps) -> i64 {
-    let times: Vec<i64> = stamps
-        .values()
-        .flatten()
-        .flat_map(|s| [s.mtime_ns, s.ctime_ns])
-        .collect();
-    if times.is_empty() {
-        return COARSE_RACY_WINDOW_NS;
+/// granularity each filesystem showed in the timestamps just read (all whole seconds on FAT,
+/// ext3 or `mkfs.ext4 -I 128`, nanoseconds on ext4, btrfs, xfs, tmpfs, APFS). The granularity is
+/// measured per filesystem (`device` names the one a part lives on) and the coarsest wins: a
+/// whole-second penv is never given the fine window its base interpreter's filesystem shows.
+pub fn racy_window_ns(stamps: &Stamps, device: impl Fn(&str) -> Option<u64>) -> i64 {
+    let mut by_device: BTreeMap<Option<u64>, Vec<i64>> = BTreeMap::new();
+    for (key, stamp) in stamps {
+        if let Some(s) = stamp {
+            by_device
+                .entry(device(key))
+                .or_default()
+                .extend([s.mtime_ns, s.ctime_ns]);
+        }
     }
+    by_device
+        .values()
+        .map(|times| window_of(times))
+        .max()
+        .unwrap_or(COARSE_RACY_WINDOW_NS)
+}
+
+/// The racy window for timestamps of one filesystem.
+fn window_of(times: &[i64]) -> i64 {
     let mut granularity: i64 = 1;
     while granularity < 1_000_000_000 && times.iter().all(|t| t % (granularity * 10) == 0) {
         granularity *= 10;
@@ -175,6 +187,23 @@ pub fn racy_window_ns(stamps: &Stamps) -> i64 {
         return COARSE_RACY_WINDOW_NS;
     }
     2 * granularity.max(timestamp_tick_ns())
+}
+
+/// The filesystem (device) `path` lives on, following symlinks as [`Stamp::of`] does. `None`
+/// where it cannot be stat'ed, and everywhere on Windows, where std does not expose the volume
+/// (all parts then count as one filesystem).
+pub fn device(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        fs::metadata(path)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -284,7 +313,7 @@ pub(crate) mod tests {
         .into_iter()
         .map(|(k, t)| (k.to_owned(), stamp(t)))
         .collect();
-        let window = racy_window_ns(&fine);
+        let window = racy_window_ns(&fine, |_| None);
         assert!(
             window < 100_000_000,
             "ns timestamps: a tick-sized window, got {window}"
@@ -296,7 +325,22 @@ pub(crate) mod tests {
         .into_iter()
         .map(|(k, t)| (k.to_owned(), stamp(t)))
         .collect();
-        assert_eq!(racy_window_ns(&whole_seconds), COARSE_RACY_WINDOW_NS);
-        assert_eq!(racy_window_ns(&Stamps::new()), COARSE_RACY_WINDOW_NS);
+        assert_eq!(
+            racy_window_ns(&whole_seconds, |_| None),
+            COARSE_RACY_WINDOW_NS
+        );
+        assert_eq!(
+            racy_window_ns(&Stamps::new(), |_| None),
+            COARSE_RACY_WINDOW_NS
+        );
+        // One part on a whole-second filesystem among many on a fine one: the window is that
+        // filesystem's, never borrowed from the other.
+        let mut mixed = fine.clone();
+        mixed.insert("c".to_owned(), stamp(1_700_000_005_000_000_000));
+        assert_eq!(
+            racy_window_ns(&mixed, |key| Some(u64::from(key == "c"))),
+            COARSE_RACY_WINDOW_NS
+        );
+        assert!(racy_window_ns(&mixed, |_| Some(0)) < 100_000_000);
     }
 }

@@ -1533,3 +1533,101 @@ fn a_stamp_in_the_future_is_a_change_once_and_then_hits() {
     let status = status_json(&w, &["alpha"]);
     assert_eq!(status["verdict"]["result"], "hit", "{status}");
 }
+
+/// A loop-mounted ext4 with 128-byte inodes, which store whole seconds (as ext3 and FAT do);
+/// unmounted on drop. `None`, with the reason printed, where this machine cannot mount one.
+struct WholeSecondMount {
+    at: PathBuf,
+}
+
+impl WholeSecondMount {
+    fn new(image: &Path, at: &Path) -> Option<WholeSecondMount> {
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())
+                .and_then(|o| {
+                    if o.status.success() {
+                        Ok(())
+                    } else {
+                        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+                    }
+                })
+        };
+        fs::File::create(image).unwrap().set_len(256 << 20).unwrap();
+        fs::create_dir_all(at).unwrap();
+        let made = run(
+            "mkfs.ext4",
+            &[
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-I".as_ref(),
+                "128".as_ref(),
+                image.as_os_str(),
+            ],
+        )
+        .and_then(|()| {
+            run(
+                "mount",
+                &[
+                    "-o".as_ref(),
+                    "loop".as_ref(),
+                    image.as_os_str(),
+                    at.as_os_str(),
+                ],
+            )
+        });
+        match made {
+            Ok(()) => Some(WholeSecondMount {
+                at: at.to_path_buf(),
+            }),
+            Err(reason) => {
+                eprintln!("skipped: cannot loop-mount a whole-second ext4 here: {reason}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for WholeSecondMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.at).status();
+    }
+}
+
+#[test]
+fn a_penv_on_a_whole_second_filesystem_gets_its_racy_window_not_another_filesystems() {
+    let w = World::new();
+    let core = w.penv.parent().unwrap().to_path_buf();
+    let Some(_mount) = WholeSecondMount::new(&w.dir.path().join("whole-seconds.img"), &core) else {
+        return;
+    };
+    Wheel::new("zeta", "1.0")
+        .module("zeta", "")
+        .file("zeta/blob.bin", &"x".repeat(100))
+        .build(&w.wheels);
+    // Parts on another filesystem with nanosecond times: the esptool project's files (and on
+    // many machines the base interpreter).
+    let tool = editable_project(w.dir.path(), "esptool", "1.0", "VERSION = 1\n");
+    let ensure = || {
+        w.ensure(&["zeta"])
+            .arg("--esptool-dir")
+            .arg(&tool)
+            .arg("--json")
+    };
+    ensure().run().ok();
+    // Removed right after the record, most likely in the same second: the directory's stamp
+    // (whole seconds, and ext4 keeps a directory's size) may not change at all.
+    let blob = w.site_packages().join("zeta/blob.bin");
+    fs::remove_file(&blob).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(w.state_path()).unwrap()).unwrap();
+    assert_eq!(
+        state["racy_window_ns"], 2_000_000_000_i64,
+        "the penv's filesystem stores whole seconds; the esptool project's does not"
+    );
+    let run = ensure().run().ok();
+    assert_ne!(run.status(), "hit", "{}", run.stderr);
+    assert!(blob.is_file(), "repaired");
+}
