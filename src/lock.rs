@@ -112,10 +112,15 @@ pub enum Probe {
     Free,
     Held(Option<Holder>),
     Unsupported(io::Error),
+    /// Something other than a regular file is at the lock path (the next miss fails on it).
+    NotAFile(String),
 }
 
 /// Whether the lock is free now, without keeping it.
 pub fn probe(lock_path: &Path, holder_path: &Path) -> Probe {
+    if let Some(kind) = not_a_file(lock_path) {
+        return Probe::NotAFile(not_a_file_message(lock_path, kind));
+    }
     let Ok(file) = fsutil::open_regular(lock_path, Follow::Never) else {
         return Probe::Free;
     };
@@ -219,9 +224,32 @@ fn is_still_at(_: &File, path: &Path) -> bool {
     path.is_file()
 }
 
+/// What is at `path` when it exists and is not a regular file (a FIFO, a directory, a symlink).
+fn not_a_file(path: &Path) -> Option<&'static str> {
+    fs::symlink_metadata(path)
+        .ok()
+        .map(|m| m.file_type())
+        .filter(|kind| !kind.is_file())
+        .map(fsutil::kind_name)
+}
+
+/// The one message for anything but a regular file at the lock path, for `ensure` (exit 2) and
+/// `status` alike.
+pub fn not_a_file_message(path: &Path, kind: &str) -> String {
+    format!(
+        "the lock file {} is {kind}, not a regular file; penv-guard does not follow or replace \
+         it (remove it)",
+        path.display()
+    )
+}
+
 /// Opens (creating if needed) the lock file: never through a symlink, never a special file,
-/// never blocking on open. New files follow the umask.
+/// never blocking on open. New files follow the umask. Whatever is at the path instead (a FIFO,
+/// a directory, which opening for writing refuses with its own error) is bad input, exit 2.
 fn open(path: &Path) -> Result<File> {
+    if let Some(kind) = not_a_file(path) {
+        return Err(Error::Usage(not_a_file_message(path, kind)));
+    }
     fsutil::open_lock_file(path).map_err(|e| match e {
         ReadError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             Error::LockPermission {
@@ -229,11 +257,7 @@ fn open(path: &Path) -> Result<File> {
                 owner: owner_of(path),
             }
         }
-        ReadError::NotRegular(kind) => Error::Usage(format!(
-            "the lock file {} is {kind}, not a regular file; penv-guard does not follow or \
-             replace it (remove it)",
-            path.display()
-        )),
+        ReadError::NotRegular(kind) => Error::Usage(not_a_file_message(path, kind)),
         ReadError::Io(e) => Error::io("open the lock file", path, e),
         other => Error::io(
             "open the lock file",

@@ -1631,3 +1631,35 @@ fn a_penv_on_a_whole_second_filesystem_gets_its_racy_window_not_another_filesyst
     assert_ne!(run.status(), "hit", "{}", run.stderr);
     assert!(blob.is_file(), "repaired");
 }
+
+#[test]
+fn a_fifo_or_a_directory_at_the_lock_path_is_one_exit_code_and_message_and_status_says_so() {
+    for kind in ["a FIFO", "a directory"] {
+        let w = World::new();
+        fs::create_dir_all(w.penv.parent().unwrap()).unwrap();
+        if kind == "a FIFO" {
+            mkfifo(&w.lock_path());
+        } else {
+            fs::create_dir(w.lock_path()).unwrap();
+        }
+        let run = within(w.ensure(&["alpha"]), Duration::from_secs(60)).code(2);
+        assert!(
+            run.stderr.contains(&*w.lock_path().to_string_lossy())
+                && run
+                    .stderr
+                    .contains(&format!("is {kind}, not a regular file")),
+            "{kind}: {}",
+            run.stderr
+        );
+        assert_eq!(w.installs(), 0);
+        let status = status_json(&w, &["alpha"]);
+        assert_eq!(status["lock"]["state"], "not_a_file", "{kind}: {status}");
+        let human = w.cmd("status").args(["--dep", "alpha"]).run().ok();
+        assert!(
+            human.stdout.contains(&format!("is {kind}"))
+                && !human.stdout.contains("lock          free"),
+            "{}",
+            human.stdout
+        );
+    }
+}
