@@ -59,6 +59,10 @@ pub struct Holder {
     pub pid: u32,
     pub command: String,
     pub since_unix: u64,
+    /// Not recorded: found when the record is read (a holder stopped by Ctrl-Z or SIGSTOP keeps
+    /// the lock until it is continued or killed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 impl Holder {
@@ -69,13 +73,15 @@ impl Holder {
             since_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            stopped: false,
         }
     }
 
     /// The recorded holder, if the record is readable and names a process that still exists.
     pub fn read(path: &Path) -> Option<Holder> {
         let bytes = fsutil::read_capped(path, 64 << 10, Follow::Never).ok()?;
-        let holder: Holder = serde_json::from_slice(&bytes).ok()?;
+        let mut holder: Holder = serde_json::from_slice(&bytes).ok()?;
+        holder.stopped = process_stopped(holder.pid);
         process_exists(holder.pid).then_some(holder)
     }
 
@@ -86,7 +92,16 @@ impl Holder {
                     .unwrap_or(i64::MAX)
                     .saturating_mul(1_000_000_000);
                 let age = crate::messages::human_age(fsutil::now_ns().saturating_sub(since_ns));
-                format!("pid {} `{}` (taken {age})", h.pid, h.command)
+                let stopped = if h.stopped {
+                    format!(
+                        "; it is STOPPED (Ctrl-Z or SIGSTOP) and keeps the lock until it is \
+                         continued (`fg`, `kill -CONT {}`) or ended",
+                        h.pid
+                    )
+                } else {
+                    String::new()
+                };
+                format!("pid {} `{}` (taken {age}{stopped})", h.pid, h.command)
             }
             None => "an unknown process".to_owned(),
         }
@@ -106,6 +121,31 @@ fn process_exists(pid: u32) -> bool {
 #[cfg(not(unix))]
 fn process_exists(_: u32) -> bool {
     true
+}
+
+/// Whether the process is stopped (state `T`, or `t` under a tracer, in `/proc/<pid>/stat`).
+/// Only Linux tells this without privileges; elsewhere it is never claimed.
+#[cfg(target_os = "linux")]
+fn process_stopped(pid: u32) -> bool {
+    fsutil::read_capped(
+        Path::new(&format!("/proc/{pid}/stat")),
+        4096,
+        Follow::Symlinks,
+    )
+    .ok()
+    .and_then(|bytes| {
+        // `pid (comm) S …`: the command may hold spaces and parentheses, the state follows the
+        // last `)`.
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let state = text.rsplit_once(')')?.1.trim_start().chars().next()?;
+        Some(matches!(state, 'T' | 't'))
+    })
+    .unwrap_or(false)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_stopped(_: u32) -> bool {
+    false
 }
 
 pub enum Probe {

@@ -1663,3 +1663,32 @@ fn a_fifo_or_a_directory_at_the_lock_path_is_one_exit_code_and_message_and_statu
         );
     }
 }
+
+#[test]
+fn a_lock_holder_stopped_by_ctrl_z_is_named_as_stopped_in_the_wait_line_and_in_status() {
+    let w = World::new();
+    let mut holder = Command::new("sleep").arg("120").spawn().unwrap();
+    signal(&holder, "STOP");
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let _lock = w.hold_lock(Some(&format!(
+        r#"{{"pid": {}, "command": "penv-guard ensure", "since_unix": {since}}}"#,
+        holder.id()
+    )));
+    let run = w.ensure(&["alpha"]).args(["--lock-timeout", "1"]).run();
+    let status = status_json(&w, &["alpha"]);
+    let human = w.cmd("status").args(["--dep", "alpha"]).run().ok();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(run.code, Some(75), "{}", run.stderr);
+    let wait_line = run.stderr.lines().next().unwrap_or_default();
+    assert!(
+        wait_line.contains("waiting") && wait_line.contains("STOPPED"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(status["lock"]["holder"]["stopped"], true, "{status}");
+    assert!(human.stdout.contains("STOPPED"), "{}", human.stdout);
+}
