@@ -84,11 +84,26 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
         allow_unlocked: args.allow_unlocked,
         quiet: args.quiet,
     })?;
+    // Then the lock inside the penv: a peer that shares only the penv directory (a volume
+    // mounted at the penv path in another container) has its own lock beside it, but this one
+    // in common. Always in this order, so two penv-guards never wait for each other in a cycle.
+    std::fs::create_dir_all(&run.ctx.penv.root)
+        .map_err(|e| Error::io("create the directory", &run.ctx.penv.root, e))?;
+    let inner = lock::acquire(&LockRequest {
+        lock_path: &run.ctx.penv.inner_lock_path(),
+        holder_path: &run.ctx.penv.inner_holder_path(),
+        timeout: lock_timeout.saturating_sub(lock_started.elapsed()),
+        allow_unlocked: args.allow_unlocked,
+        quiet: args.quiet,
+    })?;
+    // Children that change the penv keep both locks, as they keep the outer one (see `process`).
+    inner.keep_for_children();
     phases.end("lock_wait");
     fsutil::sweep_temp_files(&run.ctx.penv.root);
     let budget = lock_timeout.saturating_sub(lock_started.elapsed());
     let outcome = run.locked(reason.clone(), &lock, budget, &mut phases);
     run.remember(&reason, &outcome, &phases);
+    drop(inner);
     drop(lock);
     let (status, reason, state) = outcome?;
     run.report(status, reason.as_ref(), &state, phases);
@@ -467,9 +482,15 @@ impl Run<'_> {
             .map(|key| (key, None))
             .collect();
         let stamps = ctx.stamps_like(&recorded);
+        let recorded_at_ns = fsutil::now_ns();
+        // Stat, then read (git's racy rule): the stamps above vouch for what the files say from
+        // now on, so the files are read again after them. A peer that changed the penv between
+        // the check and the stamps (another installer without this lock: a penv shared by
+        // containers whose locks beside it differ) shows here; after the stamps, any change
+        // shows in them on the next run.
+        self.confirm_unchanged(&site_packages, &checked)?;
         let fingerprint_input =
             fingerprint::input(ctx, Some(checked.python_version.clone()), None)?;
-        let recorded_at_ns = fsutil::now_ns();
         phases.end("record");
         let state = State {
             schema: state::SCHEMA,
@@ -491,6 +512,43 @@ impl Run<'_> {
         };
         state::store(&ctx.penv.state_path(), &state)?;
         Ok(state)
+    }
+
+    /// The distributions as the files say after the stamps were taken: the same versions, the
+    /// same modules, and every RECORD file still present, or nothing is recorded.
+    fn confirm_unchanged(&self, site_packages: &Path, checked: &Checked) -> Result<()> {
+        let dists = distinfo::installed_distributions(site_packages);
+        let changed = |detail: String| Error::Install {
+            message: format!(
+                "the penv {} changed while penv-guard validated it ({detail}): another installer \
+                 is working on it without penv-guard's lock; nothing was recorded, and the next \
+                 run checks it again",
+                self.ctx.penv.root.display()
+            ),
+            tail: String::new(),
+        };
+        if let Some(problem) = distinfo::record_problems(&dists).into_iter().next() {
+            return Err(changed(format!(
+                "{}: {}",
+                problem.path.display(),
+                problem.problem
+            )));
+        }
+        for (name, version) in &checked.installed {
+            let found = dists.get(name).map(|d| d.version.as_str());
+            if found != Some(version.as_str()) {
+                let found = found.unwrap_or("not installed");
+                return Err(changed(format!("{name} was {version}, now {found}")));
+            }
+        }
+        let now = validate::check_installed(&self.ctx, checked.marker_env.clone(), &dists)
+            .map_err(|e| changed(format!("the list no longer checks: {e}")))?;
+        if now.modules != checked.modules {
+            return Err(changed(
+                "the modules of the required distributions differ".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn report<T: StateText>(

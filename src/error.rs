@@ -73,6 +73,11 @@ pub enum Error {
         path: PathBuf,
         source: io::Error,
     },
+    /// Another `platform install`/`remove` held the platform lock for the whole timeout.
+    PlatformLockTimeout {
+        path: PathBuf,
+        seconds: f64,
+    },
     LockPermission {
         path: PathBuf,
         owner: Option<u32>,
@@ -103,7 +108,7 @@ impl Error {
                 EXIT_VALIDATION
             }
             Error::Offline { .. } | Error::UvUnavailableOffline => EXIT_OFFLINE,
-            Error::LockTimeout { .. } => EXIT_LOCK_TIMEOUT,
+            Error::LockTimeout { .. } | Error::PlatformLockTimeout { .. } => EXIT_LOCK_TIMEOUT,
             Error::Io { .. }
             | Error::UvNotFound
             | Error::PythonNotFound { .. }
@@ -186,6 +191,13 @@ impl fmt::Display for Error {
                 "timed out after {seconds}s waiting for the penv lock {} (held by {holder}); \
                  another `pio run` or ESPHome compile may be installing. \
                  Set PENV_GUARD_LOCK_TIMEOUT or --lock-timeout to wait longer",
+                path.display()
+            ),
+            Error::PlatformLockTimeout { path, seconds } => write!(
+                f,
+                "timed out after {seconds}s waiting for the platform lock {} (another \
+                 `penv-guard platform install` or `remove` is running); set \
+                 PENV_GUARD_LOCK_TIMEOUT to wait longer",
                 path.display()
             ),
             Error::LockPermission { path, owner } => {

@@ -42,10 +42,52 @@ impl PenvLock {
     pub fn file(&self) -> Option<&File> {
         self.file.as_ref()
     }
+
+    /// Makes this lock a companion of the one handed to children as stdin: every child that
+    /// keeps the penv lock (see `process`) also inherits this file while it runs, so on Unix a
+    /// killed penv-guard's `uv pip install` keeps both locks until it is gone. (Windows releases
+    /// a `LockFileEx` lock with its process; there the children die with penv-guard instead.)
+    pub fn keep_for_children(&self) {
+        #[cfg(unix)]
+        if let Some(file) = self.file.as_ref().and_then(|f| f.try_clone().ok()) {
+            companions().push(file);
+        }
+    }
+}
+
+#[cfg(unix)]
+fn companions() -> std::sync::MutexGuard<'static, Vec<File>> {
+    static COMPANIONS: std::sync::Mutex<Vec<File>> = std::sync::Mutex::new(Vec::new());
+    COMPANIONS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Spawns a child that keeps the penv lock: the companion locks are inheritable only during this
+/// spawn, so children that do not change the penv (the import check) never hold them.
+pub fn spawn_holding(command: &mut std::process::Command) -> io::Result<std::process::Child> {
+    #[cfg(unix)]
+    {
+        let companions = companions();
+        for file in companions.iter() {
+            rustix::io::fcntl_setfd(file, rustix::io::FdFlags::empty())?;
+        }
+        let child = command.spawn();
+        for file in companions.iter() {
+            let _ = rustix::io::fcntl_setfd(file, rustix::io::FdFlags::CLOEXEC);
+        }
+        child
+    }
+    #[cfg(not(unix))]
+    command.spawn()
 }
 
 impl Drop for PenvLock {
     fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(file) = &self.file {
+            companions().retain(|c| !same_open_file(c, file));
+        }
         // Still locked here: the record goes before the lock does.
         if self.file.is_some() {
             crate::process::set_holder_record(None);
@@ -247,6 +289,15 @@ fn lock_once(
                 Err(WaitError::Io(e)) => unsupported(request, e),
             }
         }
+    }
+}
+
+#[cfg(unix)]
+fn same_open_file(a: &File, b: &File) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 

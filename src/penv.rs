@@ -3,7 +3,9 @@
 //!
 //! Invariants:
 //! - penv-guard's lock and holder files live beside the penv (`<penv>.penv-guard.lock`), not in
-//!   it, so deleting the penv during an install cannot delete the lock.
+//!   it, so deleting the penv during an install cannot delete the lock. A second lock inside it
+//!   (`<penv>/.penv-guard.lock`, always taken second) is what peers that share only the penv
+//!   directory (a Docker volume mounted at the penv path) have in common; clearing a venv keeps it.
 //! - A directory is cleared or recreated only when it is a venv (`pyvenv.cfg`) or penv-guard made
 //!   it (the `.penv-guard-created` marker written into an empty directory before `uv venv`). A
 //!   non-empty directory that is neither is refused: penv-guard never deletes what it did not
@@ -20,6 +22,10 @@ pub const STATE_FILE: &str = ".penv-guard-state.json";
 pub const CREATED_MARKER: &str = ".penv-guard-created";
 const LOCK_SUFFIX: &str = ".penv-guard.lock";
 const HOLDER_SUFFIX: &str = ".penv-guard.holder";
+/// The second lock, inside the penv: the one place a penv shared as a volume between containers
+/// (or mount namespaces) has in common with every peer. Never removed by penv-guard.
+pub const INNER_LOCK: &str = ".penv-guard.lock";
+pub const INNER_HOLDER: &str = ".penv-guard.holder";
 
 /// What is at the penv path now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +111,15 @@ impl Penv {
         self.beside(HOLDER_SUFFIX)
     }
 
+    /// `<penv>/.penv-guard.lock`, taken after the lock beside the penv (always in that order).
+    pub fn inner_lock_path(&self) -> PathBuf {
+        self.root.join(INNER_LOCK)
+    }
+
+    pub fn inner_holder_path(&self) -> PathBuf {
+        self.root.join(INNER_HOLDER)
+    }
+
     /// Beside the penv's real path, so that every spelling of the penv's path (a symlinked
     /// core dir, `penv/bin/..`) names the same lock.
     fn beside(&self, suffix: &str) -> PathBuf {
@@ -183,6 +198,8 @@ pub fn is_own_file_name(name: &std::ffi::OsStr) -> bool {
     name.to_str().is_some_and(|n| {
         n == STATE_FILE
             || n == CREATED_MARKER
+            || n == INNER_LOCK
+            || n == INNER_HOLDER
             || n == crate::history::HISTORY_FILE
             || n.starts_with(fsutil::TEMP_PREFIX)
     })

@@ -17,6 +17,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -30,7 +31,12 @@ use crate::platform_edits;
 const BACKUP_SUFFIX: &str = ".penv-guard-orig";
 const RECORD_SUFFIX: &str = ".penv-guard.json";
 const RECORD_SCHEMA: u32 = 1;
+/// In the core dir: serializes `install` and `remove`. Never deleted, never written.
+const PLATFORM_LOCK: &str = ".penv-guard-platform.lock";
+/// Edits take milliseconds; a wait this long means something is stuck.
+const PLATFORM_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 const INSTALL_HINT: &str = "run `penv-guard platform install`";
+const HOOKED: &str = platform_edits::HOOKED_RELEASES;
 
 /// What `install` remembers next to the file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,13 +57,16 @@ pub enum Hook {
     HookedByPatch,
     /// Hooked by `install` with edits this penv-guard no longer makes.
     Outdated,
-    /// Recognised and not hooked (`upstream`: the known commit, if any).
+    /// Recognised and not hooked (`upstream`: the releases of the known file, if it is one).
     NotHooked { upstream: Option<&'static str> },
     /// penv-guard's copy is there, but the file is neither it nor what `install` wrote: a
     /// platform update (`pio pkg update`) replaced it.
     Replaced { recognised: bool },
-    /// Not a revision penv-guard knows, and the anchors cannot be placed exactly.
-    Unrecognised,
+    /// The anchors cannot be placed exactly: an upstream file penv-guard does not hook (its
+    /// releases), or one it does not know.
+    Unrecognised { upstream: Option<&'static str> },
+    /// The platform directory is a symlink (a development checkout, say): never edited.
+    Linked(PathBuf),
     /// Missing, a symlink, not a regular file, or unreadable.
     Unusable(String),
 }
@@ -70,7 +79,8 @@ impl Hook {
             Hook::Outdated => "outdated",
             Hook::NotHooked { .. } => "not-hooked",
             Hook::Replaced { .. } => "replaced-by-update",
-            Hook::Unrecognised => "unrecognised",
+            Hook::Unrecognised { .. } => "unrecognised",
+            Hook::Linked(_) => "linked",
             Hook::Unusable(_) => "unusable",
         }
     }
@@ -84,7 +94,7 @@ impl Hook {
             Hook::Outdated => format!("hooked by an older penv-guard; {INSTALL_HINT} to update"),
             Hook::NotHooked { upstream } => format!(
                 "not hooked ({}); {INSTALL_HINT}",
-                upstream.map_or_else(|| "anchors fit".to_owned(), |c| format!("upstream {c}"))
+                upstream.map_or_else(|| "anchors fit".to_owned(), |r| format!("upstream {r}"))
             ),
             Hook::Replaced { recognised: true } => format!(
                 "not hooked: a platform update (pio pkg update) replaced the hooked file; \
@@ -95,9 +105,22 @@ impl Hook {
                  penv-guard does not recognise; it stays unhooked"
                     .into()
             }
-            Hook::Unrecognised => {
-                "not hooked: penv-guard does not recognise this penv_setup.py".into()
-            }
+            Hook::Unrecognised {
+                upstream: Some(releases),
+            } => format!(
+                "not hooked: the first {releases} penv_setup.py (SCons only) is not one \
+                 penv-guard hooks; pin 55.03.31-2 (the same version) or 55.03.32+ and \
+                 {INSTALL_HINT} again"
+            ),
+            Hook::Unrecognised { upstream: None } => format!(
+                "not hooked: not a penv_setup.py penv-guard knows (it hooks pioarduino \
+                 {HOOKED}); update penv-guard or the platform and {INSTALL_HINT} again"
+            ),
+            Hook::Linked(target) => format!(
+                "left alone: the platform directory is a symlink (to {}); penv-guard edits only \
+                 platforms PlatformIO installed, never a linked checkout",
+                target.display()
+            ),
             Hook::Unusable(why) => format!("cannot be hooked: {why}"),
         }
     }
@@ -169,11 +192,16 @@ pub fn platforms(core_dir: &Path) -> Result<Vec<Platform>> {
     };
     let mut found = Vec::new();
     for entry in entries.flatten() {
-        // DirEntry::file_type does not follow a symlink: a linked platform is not ours to edit.
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        // DirEntry::file_type does not follow a symlink: a linked platform is not ours to edit,
+        // but it is named (`Hook::Linked`) when it is pioarduino's.
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let dir = entry.path();
+        let linked = kind.is_symlink() && dir.is_dir();
+        if !kind.is_dir() && !linked {
             continue;
         }
-        let dir = entry.path();
         let Some(version) = pioarduino_version(&dir.join("platform.json")) else {
             continue;
         };
@@ -182,9 +210,13 @@ pub fn platforms(core_dir: &Path) -> Result<Vec<Platform>> {
             dir,
             version,
             file,
-            hook: Hook::Unrecognised,
+            hook: Hook::Unrecognised { upstream: None },
         };
-        platform.hook = classify(&platform).0;
+        platform.hook = if linked {
+            Hook::Linked(fs::read_link(&platform.dir).unwrap_or_default())
+        } else {
+            classify(&platform).0
+        };
         found.push(platform);
     }
     found.sort_by(|a, b| a.dir.cmp(&b.dir));
@@ -226,7 +258,7 @@ fn classify(p: &Platform) -> (Hook, Seen) {
     let current = match fsutil::read_capped(&p.file, fsutil::FOREIGN_FILE_CAP, Follow::Never) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => text,
-            Err(_) => return (Hook::Unrecognised, seen),
+            Err(_) => return (Hook::Unrecognised { upstream: None }, seen),
         },
         Err(e) => return (Hook::Unusable(format!("{}: {e}", p.file.display())), seen),
     };
@@ -255,22 +287,21 @@ fn classify(p: &Platform) -> (Hook, Seen) {
                 }
             }
         }
-        _ => fresh(&current, &sum),
+        _ => fresh(&current),
     };
     seen.current = Some(current);
     (hook, seen)
 }
 
 /// The hook state of a file read without penv-guard's record.
-fn fresh(current: &str, sum: &str) -> Hook {
+fn fresh(current: &str) -> Hook {
+    let upstream = platform_edits::known_revision(current).map(|r| r.releases);
     if platform_edits::unapply(current).is_some() {
         Hook::HookedByPatch
     } else if platform_edits::apply(current).is_some() {
-        Hook::NotHooked {
-            upstream: platform_edits::known_revision(sum),
-        }
+        Hook::NotHooked { upstream }
     } else {
-        Hook::Unrecognised
+        Hook::Unrecognised { upstream }
     }
 }
 
@@ -351,6 +382,57 @@ fn delete_own(path: &Path) -> Result<()> {
     }
 }
 
+/// Takes the platform lock (`<core>/.penv-guard-platform.lock`), so that concurrent `install`s
+/// and `remove`s run one after another, each reading what the previous one wrote. Waits up to
+/// `PENV_GUARD_LOCK_TIMEOUT` seconds (default 60), then exit 75. Held until the file is dropped.
+fn lock_platforms(core_dir: &Path) -> Result<fs::File> {
+    let path = core_dir.join(PLATFORM_LOCK);
+    let timeout = match std::env::var("PENV_GUARD_LOCK_TIMEOUT") {
+        Ok(text) if !text.trim().is_empty() => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "PENV_GUARD_LOCK_TIMEOUT={text:?} is not a number of seconds"
+                ))
+            })?,
+        _ => PLATFORM_LOCK_TIMEOUT,
+    };
+    let file = fsutil::open_lock_file(&path).map_err(|e| match e {
+        fsutil::ReadError::Io(e) => Error::io("open the platform lock", &path, e),
+        other => Error::Usage(format!(
+            "the platform lock {} is {other}; penv-guard does not follow or replace it (remove it)",
+            path.display()
+        )),
+    })?;
+    let start = Instant::now();
+    let mut announced = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) => {}
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+        }
+        if start.elapsed() >= timeout {
+            return Err(Error::PlatformLockTimeout {
+                path,
+                seconds: timeout.as_secs_f64(),
+            });
+        }
+        if !announced {
+            messages::say(format_args!(
+                "waiting for another `penv-guard platform install` or `remove` (lock {})",
+                path.display()
+            ));
+            announced = true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The platforms `install` and `remove` act on; says so when there are none.
 fn platforms_or_say_none(core_dir: &Path) -> Result<Vec<Platform>> {
     let found = platforms(core_dir)?;
@@ -364,9 +446,14 @@ fn platforms_or_say_none(core_dir: &Path) -> Result<Vec<Platform>> {
 }
 
 pub fn install(core_dir: &Path) -> Result<()> {
+    let _lock = lock_platforms(core_dir)?;
     let found = platforms_or_say_none(core_dir)?;
     let mut refused = Vec::new();
     for p in &found {
+        if let Hook::Linked(_) = &p.hook {
+            messages::say(format_args!("{}: {}", p.label(), p.hook.detail()));
+            continue;
+        }
         let (hook, seen) = classify(p);
         let original = match (&hook, seen.current) {
             (Hook::Hooked | Hook::HookedByPatch, _) => {
@@ -377,18 +464,14 @@ pub fn install(core_dir: &Path) -> Result<()> {
             (Hook::NotHooked { .. } | Hook::Replaced { recognised: true }, Some(current)) => {
                 current
             }
-            (Hook::Unusable(why), _) => {
-                refused.push(format!("platform espressif32 {}: {why}", p.version));
-                continue;
-            }
             _ => String::new(),
         };
         let Some(hooked) = platform_edits::apply(&original) else {
-            refused.push(format!(
-                "{}: not a penv_setup.py penv-guard recognises (platform espressif32 {}); left untouched",
-                p.file.display(),
-                p.version
-            ));
+            let why = match hook {
+                Hook::Unusable(why) => format!("cannot be hooked: {why}"),
+                other => format!("{}: {}", p.file.display(), other.detail()),
+            };
+            refused.push(format!("espressif32 {}: {why}; left untouched", p.version));
             continue;
         };
         let record = Record {
@@ -408,16 +491,35 @@ pub fn install(core_dir: &Path) -> Result<()> {
         write_file(&p.file, hooked.as_bytes(), mode)?;
         messages::say(format_args!("{}: hooked {}", p.label(), p.file.display()));
     }
+    left_alone(refused, found.len())
+}
+
+/// Exit 2 when some platforms were left alone (after every other one was handled): one line
+/// for one, else one line each and a count.
+fn left_alone(mut refused: Vec<String>, of: usize) -> Result<()> {
     match refused.len() {
         0 => Ok(()),
-        _ => Err(Error::Usage(refused.join("; "))),
+        1 => Err(Error::Usage(refused.remove(0))),
+        n => {
+            for line in &refused {
+                messages::say(format_args!("error: {line}"));
+            }
+            Err(Error::Usage(format!(
+                "{n} of {of} pioarduino platforms left alone (each named above)"
+            )))
+        }
     }
 }
 
 pub fn remove(core_dir: &Path) -> Result<()> {
+    let _lock = lock_platforms(core_dir)?;
     let found = platforms_or_say_none(core_dir)?;
     let mut refused = Vec::new();
     for p in &found {
+        if let Hook::Linked(_) = &p.hook {
+            messages::say(format_args!("{}: {}", p.label(), p.hook.detail()));
+            continue;
+        }
         let (hook, seen) = classify(p);
         match hook {
             Hook::Hooked | Hook::Outdated => {
@@ -444,7 +546,7 @@ pub fn remove(core_dir: &Path) -> Result<()> {
                 refused.push(format!("{}: {why}", p.label()));
                 continue;
             }
-            Hook::NotHooked { .. } | Hook::Unrecognised => {
+            Hook::NotHooked { .. } | Hook::Unrecognised { .. } | Hook::Linked(_) => {
                 messages::say(format_args!("{}: not hooked", p.label()));
             }
         }
@@ -453,10 +555,7 @@ pub fn remove(core_dir: &Path) -> Result<()> {
             delete_own(&p.backup())?;
         }
     }
-    match refused.len() {
-        0 => Ok(()),
-        _ => Err(Error::Usage(refused.join("; "))),
-    }
+    left_alone(refused, found.len())
 }
 
 /// One line per platform for `penv-guard status`: `platform espressif32 55.03.311: hooked: …`.

@@ -90,7 +90,11 @@ pub fn run(
         let mut children = CHILDREN
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let child = command.spawn()?;
+        let child = if hold.is_some() {
+            crate::lock::spawn_holding(&mut command)?
+        } else {
+            command.spawn()?
+        };
         children.push(child.id());
         child
     };

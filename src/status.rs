@@ -207,7 +207,15 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         Loaded::Valid(state) => state_report(&ctx, "valid", None, Some(state.recorded_at_ns)),
     };
 
-    let lock = match lock::probe(&ctx.penv.lock_path(), &ctx.penv.holder_path()) {
+    // The lock beside the penv, then the one inside it (a peer sharing only the penv directory,
+    // such as another container on the same volume, holds that one alone).
+    let probe = match lock::probe(&ctx.penv.lock_path(), &ctx.penv.holder_path()) {
+        lock::Probe::Free => {
+            lock::probe(&ctx.penv.inner_lock_path(), &ctx.penv.inner_holder_path())
+        }
+        other => other,
+    };
+    let lock = match probe {
         lock::Probe::Free => ("free", None, None),
         lock::Probe::Held(holder) => ("held", holder, None),
         lock::Probe::Unsupported(e) => ("unsupported", None, Some(e.to_string())),

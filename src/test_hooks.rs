@@ -5,7 +5,14 @@ use std::path::Path;
 
 /// `PENV_GUARD_TEST_CRASH_BEFORE_RENAME=<file name>`: a write of that file stops between the
 /// temp file and the rename, leaving the temp file behind, as a crash there would.
+/// `PENV_GUARD_TEST_PAUSE_BEFORE_RENAME=<file name>`: a write of that file waits half a second
+/// before the rename, to widen a race window for a concurrent process.
 pub fn before_rename(path: &Path, temp: tempfile::NamedTempFile) -> std::io::Result<()> {
+    if let Ok(name) = std::env::var("PENV_GUARD_TEST_PAUSE_BEFORE_RENAME")
+        && path.ends_with(name)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     if let Ok(name) = std::env::var("PENV_GUARD_TEST_CRASH_BEFORE_RENAME")
         && path.ends_with(name)
     {

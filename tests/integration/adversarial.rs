@@ -1691,4 +1691,143 @@ fn a_lock_holder_stopped_by_ctrl_z_is_named_as_stopped_in_the_wait_line_and_in_s
     );
     assert_eq!(status["lock"]["holder"]["stopped"], true, "{status}");
     assert!(human.stdout.contains("STOPPED"), "{}", human.stdout);
+
+// ---------------------------------------------------------------------------------------------
+// Round three (issue 17 item 2): a penv shared by installers whose locks beside it differ
+
+/// A peer installs another version while the import check runs (a second container on a shared
+/// penv volume, or any installer without penv-guard's lock). The versions were read before the
+/// imports and the stamps taken after them, so the peer's version was recorded as validated: the
+/// next run was a hit for `alpha==1.0` with alpha 2.0 installed.
+#[test]
+fn a_peer_install_during_the_import_check_is_never_recorded_as_validated() {
+    let w = World::new();
+    let importing = w.dir.path().join("importing");
+    Wheel::new("slowimp", "1.0")
+        .module(
+            "slowimp",
+            &format!(
+                "import time\nopen({:?}, 'w').close()\ntime.sleep(4)\n",
+                importing.display().to_string()
+            ),
+        )
+        .build(&w.wheels);
+    let mut first = w.ensure(&["alpha==1.0", "slowimp"]).spawn();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !importing.exists() {
+        assert!(Instant::now() < deadline, "the import check never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The peer: the real uv, straight into the penv, while penv-guard imports slowimp.
+    let peer = Command::new(crate::support::real_uv())
+        .args(["pip", "install", "--python"])
+        .arg(w.penv.join("bin/python"))
+        .arg("alpha==2.0")
+        .arg("--cache-dir")
+        .arg(&w.cache)
+        .env("UV_FIND_LINKS", w.find_links())
+        .env("UV_DEFAULT_INDEX", w.empty_index_url())
+        .env("UV_NO_CONFIG", "1")
+        .output()
+        .unwrap();
+    assert!(
+        peer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&peer.stderr)
+    );
+    let first = finish_within(&mut first, Duration::from_secs(120));
+    assert_eq!(first.code, Some(1), "{}", first.stderr);
+    assert!(
+        first
+            .stderr
+            .contains("changed while penv-guard validated it")
+            && first.stderr.contains("alpha was 1.0, now 2.0"),
+        "{}",
+        first.stderr
+    );
+    assert!(!w.state_path().exists(), "nothing may be recorded");
+    let next = w
+        .ensure(&["alpha==1.0", "slowimp"])
+        .arg("--json")
+        .run()
+        .ok();
+    assert_eq!(next.status(), "installed", "{}", next.stderr);
+    assert_eq!(next.json()["installed"]["alpha"], "1.0");
+}
+
+/// `docker run -v pio-penv:/root/.platformio/penv` in two containers: only the penv directory is
+/// shared, so each has its own lock beside it. Two mount namespaces (`unshare -m`) give each
+/// ensure its own `core/` with the same volume mounted at `core/penv`. The lock inside the penv
+/// is what they have in common: their installs never overlap.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_penv_shared_as_a_volume_between_mount_namespaces_is_never_installed_into_twice_at_once() {
+    let w = World::new();
+    let probe = Command::new("unshare").args(["-m", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: unshare -m is not permitted here (needs root or user namespaces)");
+        return;
+    }
+    let volume = w.dir.path().join("volume");
+    let core = w.penv.parent().unwrap().to_path_buf();
+    fs::create_dir_all(&volume).unwrap();
+    fs::create_dir_all(&core).unwrap();
+    write_overlap_shim(&w, "case \"$*\" in *'pip install'*) sleep 3;; esac");
+    let in_container = |name: &str| {
+        let own_core = w.dir.path().join(name);
+        fs::create_dir_all(own_core.join("penv")).unwrap();
+        let TestCommand { command } = w
+            .ensure(&["alpha", "single"])
+            .arg("--lock-timeout")
+            .arg("120");
+        let mut wrapped = Command::new("unshare");
+        wrapped
+            .args(["-m", "sh", "-c"])
+            .arg(r#"mount --bind "$1" "$2" && mount --bind "$3" "$2/penv" && shift 3 && exec "$@""#)
+            .arg("sh")
+            .arg(&own_core)
+            .arg(&core)
+            .arg(&volume)
+            .arg(command.get_program())
+            .args(command.get_args());
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => wrapped.env(key, value),
+                None => wrapped.env_remove(key),
+            };
+        }
+        TestCommand { command: wrapped }.spawn()
+    };
+    let mut first = in_container("container-a");
+    wait_for_installs(&w, 1);
+    let mut second = in_container("container-b");
+    let first = finish_within(&mut first, Duration::from_secs(180));
+    let second = finish_within(&mut second, Duration::from_secs(180));
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    let log = fs::read_to_string(&w.uv_log).unwrap();
+    assert!(!log.contains("OVERLAP"), "two installs ran at once:\n{log}");
+    // Each container's lock beside the penv is its own; the second waited on the inner one.
+    assert!(
+        w.dir
+            .path()
+            .join("container-a/penv.penv-guard.lock")
+            .is_file()
+    );
+    assert!(
+        w.dir
+            .path()
+            .join("container-b/penv.penv-guard.lock")
+            .is_file()
+    );
+    assert!(
+        second.stderr.contains("waiting for the penv lock")
+            && second.stderr.contains("core/penv/.penv-guard.lock"),
+        "the second container did not wait on the lock inside the penv: {}",
+        second.stderr
+    );
+    assert!(
+        volume.join("pyvenv.cfg").is_file(),
+        "the penv is on the volume"
+    );
 }

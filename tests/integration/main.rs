@@ -35,3 +35,5 @@ mod reliability;
 mod size;
 #[cfg(unix)]
 mod status;
+#[cfg(windows)]
+mod windows_platform;

@@ -11,7 +11,9 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::platform::{git_applied, upstream_head};
+use crate::platform::{
+    HOOKED_RELEASES, git_applied, hooked_by_install, release_fixture, upstream_head,
+};
 use crate::support::{BIN, Run, Wheel, World, editable_project, repo, tools_path};
 
 /// The tools venv's Python, which has PlatformIO (upstream's penv_setup.py imports it).
@@ -40,12 +42,18 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let w = World::new();
+        Harness::in_core("core")
+    }
+
+    /// A harness whose PlatformIO core dir (and so the penv) is `<tmp>/<core>`.
+    fn in_core(core: &str) -> Harness {
+        let mut w = World::new();
+        w.penv = w.dir.path().join(core).join("penv");
         crate::support::certifi_wheel().build(&w.wheels);
         Wheel::new("freertos-gdb", "1.0.4")
             .module("freertos_gdb", "")
             .build(&w.wheels);
-        let core = w.dir.path().join("core");
+        let core = w.dir.path().join(core);
         let hooked_dir = w.dir.path().join("hooked");
         fs::create_dir_all(&hooked_dir).unwrap();
         let hooked = hooked_dir.join("penv_setup.py");
@@ -54,11 +62,15 @@ impl Harness {
         fs::create_dir_all(&bin_dir).unwrap();
         std::os::unix::fs::symlink(BIN, bin_dir.join("penv-guard")).unwrap();
         let made = editable_project(w.dir.path(), "esptool", "5.6.0", "VERSION = '5.6.0'");
-        let esptool = core.join("packages/tool-esptoolpy");
+        // The packages sit beside the core dir: the editable esptool's .pth names its directory,
+        // and site.addsitedir reads .pth files in the locale's encoding (an ASCII locale cannot
+        // read a non-ASCII name there, hooked or not).
+        let packages = w.dir.path().join("packages");
+        let esptool = packages.join("tool-esptoolpy");
         fs::create_dir_all(esptool.parent().unwrap()).unwrap();
         fs::rename(made, &esptool).unwrap();
         // A GDB package whose freertos-gdb is already there (the warm case).
-        let gdb = core.join("packages/tool-xtensa-esp-elf-gdb");
+        let gdb = packages.join("tool-xtensa-esp-elf-gdb");
         fs::create_dir_all(gdb.join("share/gdb/python/freertos_gdb")).unwrap();
         Harness {
             w,
@@ -95,6 +107,8 @@ impl Harness {
             .env("UV_NO_CONFIG", "1")
             .env("UV_PYTHON_DOWNLOADS", "never")
             .env("PENV_GUARD_UV", &self.w.shim)
+            // Releases before 55.03.37 (and penv-guard hooked into them) use uv's default cache.
+            .env("UV_CACHE_DIR", &self.w.cache)
             .env("PYTHONDONTWRITEBYTECODE", "1");
         for var in [
             "PENV_GUARD_BIN",
@@ -417,4 +431,202 @@ fn penv_setup_tool_esptoolpy_not_a_directory_is_handled_as_upstream() {
             assert!(upstream_run.stderr.contains(message));
         }
     }
+}
+
+/// Whether release `name`'s module has a module-level `has_network` (55.03.38 and later).
+fn has_module_network(name: &str) -> bool {
+    !matches!(
+        name,
+        "55.03.32" | "55.03.33" | "55.03.31-2" | "55.03.35" | "55.03.36" | "55.03.37"
+    )
+}
+
+#[test]
+fn penv_setup_every_hooked_release_warm_pass_runs_only_penv_guard_and_unhooked_is_that_release() {
+    let h = Harness::new();
+    h.warm();
+    for &name in HOOKED_RELEASES {
+        let upstream = release_fixture(name);
+        let hooked = h.w.dir.path().join(format!("hooked-{name}.py"));
+        fs::write(&hooked, hooked_by_install(h.w.dir.path(), &upstream)).unwrap();
+        let config = |file: &Path, network: &str, call: &str| {
+            let mut config = h.config(file, network, call);
+            config["has_network"] = json!(has_module_network(name));
+            config
+        };
+        for (network, call) in [("up", "minimal"), ("down", "minimal"), ("up", "scons")] {
+            let case = format!("{name}, network {network}, {call}");
+            let (hooked_report, run) = h.run(&config(&hooked, network, call), Binary::OnPath, &[]);
+            assert_eq!(
+                hooked_report["calls"][0]["status"], "hit",
+                "{case}: {hooked_report:#}\n{}",
+                run.stderr
+            );
+            assert_eq!(
+                argv0s(&hooked_report),
+                ["penv-guard"],
+                "{case}: {hooked_report:#}"
+            );
+            assert_eq!(
+                hooked_report["connects_before_has_network"],
+                json!([]),
+                "{case}"
+            );
+            assert!(!run.stdout.contains("Warning"), "{case}: {}", run.stdout);
+            let (upstream_report, _) =
+                h.run(&config(&upstream, network, call), Binary::OnPath, &[]);
+            assert!(
+                argv0s(&upstream_report).iter().any(|a| a == "python"),
+                "{case}: upstream asks the penv's Python: {upstream_report:#}"
+            );
+            assert_same_outputs(&hooked_report, &upstream_report);
+        }
+        for network in ["up", "down"] {
+            let case = format!("{name} without the binary, network {network}");
+            let (hooked_report, _) =
+                h.run(&config(&hooked, network, "minimal"), Binary::Missing, &[]);
+            let (upstream_report, _) =
+                h.run(&config(&upstream, network, "minimal"), Binary::Missing, &[]);
+            assert_same_outputs(&hooked_report, &upstream_report);
+            assert_eq!(hooked_report["calls"], upstream_report["calls"], "{case}");
+            assert_eq!(
+                hooked_report["connects"], upstream_report["connects"],
+                "{case}"
+            );
+        }
+    }
+}
+
+#[test]
+fn penv_setup_hooked_reads_a_non_ascii_core_dir_in_a_non_utf8_locale() {
+    // A user folder like C:\Users\Jürgen Ä: on Windows the hook decoded penv-guard's UTF-8 JSON
+    // with the console code page (cp1252 mangled it, cp932 failed). Here the locale is ASCII and
+    // Python's UTF-8 mode is off, so `text=True` decodes with ASCII, and file names are
+    // surrogate escapes.
+    let h = Harness::in_core("J\u{fc}rgen \u{c4}/core");
+    h.warm();
+    let ascii: &[(&str, &str)] = &[
+        ("LC_ALL", "C"),
+        ("LANG", "C"),
+        ("PYTHONUTF8", "0"),
+        ("PYTHONCOERCECLOCALE", "0"),
+        ("PYTHONIOENCODING", "ascii"),
+    ];
+    for call in ["minimal", "scons"] {
+        let (report, run) = h.run(&h.config(&h.hooked, "down", call), Binary::OnPath, ascii);
+        assert_eq!(report["exit"], Value::Null, "{call}: {}", run.stderr);
+        assert_eq!(report["calls"][0]["status"], "hit", "{call}: {report:#}");
+        assert_eq!(argv0s(&report), ["penv-guard"], "{call}: {report:#}");
+        assert_eq!(
+            report["result"],
+            json!([h.w.penv.join("bin/python"), h.w.penv.join("bin/esptool")]),
+            "{call}"
+        );
+        let bundle = h.w.site_packages().join("certifi/cacert.pem");
+        assert_eq!(
+            report["ca_vars"]["SSL_CERT_FILE"],
+            bundle.to_str().unwrap(),
+            "{call}"
+        );
+        // The same as in a UTF-8 locale.
+        let (utf8, _) = h.run(&h.config(&h.hooked, "down", call), Binary::OnPath, &[]);
+        assert_same_outputs(&report, &utf8);
+    }
+}
+
+#[test]
+fn ensure_json_with_a_non_ascii_penv_is_ascii_and_parses_back_to_the_penv() {
+    let mut w = World::new();
+    w.penv = w
+        .dir
+        .path()
+        .join("J\u{fc}rgen \u{c4} \u{65e5}\u{1f600}/penv");
+    let run = w.ensure(&["alpha"]).arg("--json").run().ok();
+    let line = run.stdout.trim_end();
+    assert!(line.is_ascii(), "{line}");
+    assert!(
+        line.contains(r"J\u00fcrgen \u00c4 \u65e5\ud83d\ude00"),
+        "{line}"
+    );
+    let report: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(report["python"], json!(w.penv.join("bin/python")));
+    // An error's report too (main.rs), here naming a missing file under the same folder.
+    let missing = w.penv.with_file_name("d\u{e9}ps.json");
+    let run = w
+        .cmd("ensure")
+        .arg("--json")
+        .arg("--deps-json")
+        .arg(&missing)
+        .run()
+        .code(2);
+    let line = run.stdout.trim_end();
+    assert!(line.is_ascii(), "{line}");
+    let report: Value = serde_json::from_str(line).unwrap();
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains(missing.to_str().unwrap()),
+        "{report}"
+    );
+}
+
+#[test]
+fn penv_setup_before_55_03_38_installs_the_platformio_core_url_under_its_real_name() {
+    // Releases before 55.03.38 list `"platformio": <a pioarduino/platformio-core tag archive>`,
+    // which builds a distribution named pioarduino-core; uv refuses `platformio @ <url>`.
+    let h = Harness::new();
+    let tree = h.w.dir.path().join("src/platformio-core-6.1.19");
+    fs::create_dir_all(tree.join("platformio")).unwrap();
+    fs::write(
+        tree.join("platformio/__init__.py"),
+        "VERSION = (6, 1, 19)\n",
+    )
+    .unwrap();
+    fs::copy(
+        repo().join("tests/fixtures/inplace_backend.py"),
+        tree.join("inplace_backend.py"),
+    )
+    .unwrap();
+    fs::write(
+        tree.join("pyproject.toml"),
+        "[build-system]\nrequires = []\nbuild-backend = \"inplace_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"pioarduino-core\"\nversion = \"6.1.19\"\n",
+    )
+    .unwrap();
+    let archive =
+        h.w.dir
+            .path()
+            .join("pioarduino/platformio-core/archive/refs/tags");
+    fs::create_dir_all(&archive).unwrap();
+    crate::support::succeed(
+        Command::new(tools_python())
+            .arg("-c")
+            .arg("import shutil, sys; shutil.make_archive(sys.argv[1], 'zip', sys.argv[2], 'platformio-core-6.1.19')")
+            .arg(archive.join("v6.1.19"))
+            .arg(tree.parent().unwrap()),
+    );
+    let url = format!("file://{}", archive.join("v6.1.19.zip").display());
+    let upstream = release_fixture("55.03.37");
+    let hooked = h.w.dir.path().join("hooked-55.03.37.py");
+    fs::write(&hooked, hooked_by_install(h.w.dir.path(), &upstream)).unwrap();
+    let mut config = h.config(&hooked, "down", "minimal");
+    config["python_deps"] = json!({"platformio": url, "alpha": ">=1.0", "certifi": ">=2025.8.3"});
+    config["has_network"] = json!(false);
+    let (report, run) = h.run(&config, Binary::OnPath, &[]);
+    assert_eq!(report["exit"], Value::Null, "{}", run.stderr);
+    assert_eq!(
+        report["calls"][0]["status"], "installed",
+        "{report:#}\n{}",
+        run.stderr
+    );
+    assert!(
+        h.w.site_packages()
+            .join("pioarduino_core-6.1.19.dist-info")
+            .is_dir(),
+        "{}",
+        run.stderr
+    );
+    let (report, _) = h.run(&config, Binary::OnPath, &[]);
+    assert_eq!(report["calls"][0]["status"], "hit", "{report:#}");
+    assert_eq!(argv0s(&report), ["penv-guard"]);
 }

@@ -16,6 +16,40 @@ pub fn upstream_head() -> PathBuf {
     repo().join("tests/fixtures/upstream/penv_setup.py")
 }
 
+/// Every distinct upstream file `platform install` hooks, by the release that ships it
+/// (tests/fixtures/upstream-releases; 55.03.311 is HEAD, tests/fixtures/upstream).
+pub const HOOKED_RELEASES: &[&str] = &[
+    "55.03.32",
+    "55.03.33",
+    "55.03.31-2",
+    "55.03.35",
+    "55.03.36",
+    "55.03.37",
+    "55.03.38",
+    "55.03.311",
+    "develop",
+];
+
+/// Upstream's builder/penv_setup.py as release `name` ships it.
+pub fn release_fixture(name: &str) -> PathBuf {
+    if name == "55.03.311" {
+        return upstream_head();
+    }
+    repo().join(format!("tests/fixtures/upstream-releases/{name}.py"))
+}
+
+/// What `platform install` writes for `original`, hooked in a core dir of its own under `dir`.
+pub fn hooked_by_install(dir: &Path, original: &Path) -> Vec<u8> {
+    let core = dir.join(format!(
+        "install-{}",
+        original.file_stem().unwrap().to_string_lossy()
+    ));
+    let plat = add_platform(&core, "espressif32", PIOARDUINO_JSON);
+    fs::copy(original, plat.join("builder/penv_setup.py")).unwrap();
+    platform_cmd(&core, &["install"]).ok();
+    fs::read(plat.join("builder/penv_setup.py")).unwrap()
+}
+
 pub fn patch_file() -> PathBuf {
     repo().join("platform-integration/penv_setup.patch")
 }
@@ -354,4 +388,301 @@ fn platform_install_updates_an_older_hook_and_recovers_an_interrupted_install() 
     assert_eq!(state_of(&core, &plat), "hooked");
     platform_cmd(&core, &["remove"]).ok();
     assert_eq!(fs::read(&file).unwrap(), head);
+}
+
+/// `platform.json` of release `version`.
+fn release_json(version: &str) -> String {
+    PIOARDUINO_JSON.replace("55.03.311", version)
+}
+
+#[test]
+fn platform_install_hooks_every_release_since_55_03_31_in_one_core_dir_and_remove_restores_each() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let mut hooked = Vec::new();
+    for &name in HOOKED_RELEASES {
+        let plat = add_platform(&core, &format!("espressif32-{name}"), &release_json(name));
+        fs::copy(release_fixture(name), plat.join("builder/penv_setup.py")).unwrap();
+        assert_eq!(state_of(&core, &plat), "not-hooked", "{name}");
+        hooked.push((name, plat));
+    }
+    // Left alone: the first 55.03.31 file, and one nobody knows.
+    let first = add_platform(&core, "espressif32-55.03.31", &release_json("55.03.31"));
+    fs::copy(
+        release_fixture("55.03.31"),
+        first.join("builder/penv_setup.py"),
+    )
+    .unwrap();
+    let unknown = add_platform(&core, "espressif32-future", &release_json("56.0.0"));
+    let unknown_file = unknown.join("builder/penv_setup.py");
+    let changed = fs::read_to_string(&unknown_file).unwrap().replace(
+        "def _setup_certifi_env(env, python_exe):",
+        "def _setup_certifi_env(env, exe):",
+    );
+    fs::write(&unknown_file, &changed).unwrap();
+
+    let run = platform_cmd(&core, &["install"]).code(2);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("error:"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        3,
+        "one line per platform left alone, then the count: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.lines().all(|l| l.len() < 300),
+        "short lines: {}",
+        run.stderr
+    );
+    let line_31 = errors.iter().find(|l| l.contains("55.03.31:")).unwrap();
+    for needle in [
+        "55.03.31-2",
+        "55.03.32",
+        "pin",
+        "penv-guard platform install",
+    ] {
+        assert!(line_31.contains(needle), "{needle}: {line_31}");
+    }
+    let line_unknown = errors.iter().find(|l| l.contains("56.0.0")).unwrap();
+    assert!(
+        line_unknown.contains(unknown_file.to_str().unwrap()),
+        "{line_unknown}"
+    );
+    assert!(
+        line_unknown.contains("55.03.32 to 55.03.311"),
+        "{line_unknown}"
+    );
+    assert!(errors[2].contains("2 of 11"), "{}", errors[2]);
+    assert_eq!(
+        fs::read(first.join("builder/penv_setup.py")).unwrap(),
+        fs::read(release_fixture("55.03.31")).unwrap()
+    );
+    assert_eq!(fs::read_to_string(&unknown_file).unwrap(), changed);
+    assert_eq!(state_of(&core, &first), "unrecognised");
+
+    for (name, plat) in &hooked {
+        assert_eq!(state_of(&core, plat), "hooked", "{name}");
+        let file = fs::read_to_string(plat.join("builder/penv_setup.py")).unwrap();
+        assert!(file.contains("def _penv_guard("), "{name}");
+        assert!(
+            run.stderr.contains(&format!("espressif32 {name} (")),
+            "{name}: {}",
+            run.stderr
+        );
+    }
+    platform_cmd(&core, &["remove"]).ok();
+    for (name, plat) in &hooked {
+        assert_eq!(
+            fs::read(plat.join("builder/penv_setup.py")).unwrap(),
+            fs::read(release_fixture(name)).unwrap(),
+            "{name} restored byte for byte"
+        );
+        assert_eq!(
+            fs::read_dir(plat.join("builder")).unwrap().count(),
+            1,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn platform_install_hooks_a_crlf_checkout_keeping_crlf_and_remove_restores_byte_for_byte() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let mut plats = Vec::new();
+    for &name in HOOKED_RELEASES {
+        let plat = add_platform(&core, &format!("espressif32-{name}"), &release_json(name));
+        // Git for Windows' core.autocrlf checks the file out with CRLF line endings.
+        let crlf = fs::read_to_string(release_fixture(name))
+            .unwrap()
+            .replace('\n', "\r\n");
+        fs::write(plat.join("builder/penv_setup.py"), &crlf).unwrap();
+        assert_eq!(state_of(&core, &plat), "not-hooked", "{name}");
+        plats.push((name, plat, crlf));
+    }
+    let run = platform_cmd(&core, &["install"]).ok();
+    for (name, plat, crlf) in &plats {
+        assert_eq!(state_of(&core, plat), "hooked", "{name}: {}", run.stderr);
+        let hooked = fs::read_to_string(plat.join("builder/penv_setup.py")).unwrap();
+        assert!(hooked.contains("def _penv_guard("), "{name}");
+        assert_eq!(
+            hooked.matches('\n').count(),
+            hooked.matches("\r\n").count(),
+            "{name}: CRLF throughout"
+        );
+        let lf = fs::read_to_string(release_fixture(name)).unwrap();
+        let hooked_lf = hooked_by_install(&t.path().join(name), &release_fixture(name));
+        assert_eq!(hooked.replace("\r\n", "\n").as_bytes(), hooked_lf, "{name}");
+        assert_eq!(
+            fs::read_to_string(plat.join("builder/penv_setup.py.penv-guard-orig")).unwrap(),
+            *crlf
+        );
+        assert_ne!(lf, *crlf);
+    }
+    platform_cmd(&core, &["install"]).ok();
+    platform_cmd(&core, &["remove"]).ok();
+    for (name, plat, crlf) in &plats {
+        assert_eq!(
+            fs::read_to_string(plat.join("builder/penv_setup.py")).unwrap(),
+            *crlf,
+            "{name} restored byte for byte"
+        );
+        assert_eq!(
+            fs::read_dir(plat.join("builder")).unwrap().count(),
+            1,
+            "{name}"
+        );
+    }
+}
+
+/// The platform is hooked with penv-guard's copy and record, or pristine with neither.
+#[track_caller]
+fn assert_consistent(core: &Path, plat: &Path, original: &[u8]) {
+    let builder = plat.join("builder");
+    let file = fs::read(builder.join("penv_setup.py")).unwrap();
+    let backup = builder.join("penv_setup.py.penv-guard-orig");
+    let record = builder.join("penv_setup.py.penv-guard.json");
+    if file == original {
+        assert!(
+            !backup.exists() && !record.exists(),
+            "pristine, but penv-guard's files are left"
+        );
+        assert_eq!(state_of(core, plat), "not-hooked");
+    } else {
+        let copy = fs::read(&backup).unwrap_or_else(|e| panic!("hooked, but no copy ({e})"));
+        assert_eq!(copy, original);
+        assert!(record.is_file(), "hooked, but no record");
+        assert_eq!(state_of(core, plat), "hooked");
+    }
+}
+
+#[test]
+fn platform_install_and_remove_running_at_once_are_serialized_by_the_platform_lock() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let plats: Vec<(PathBuf, Vec<u8>)> = ["55.03.35", "55.03.37", "55.03.311"]
+        .iter()
+        .map(|name| {
+            let plat = add_platform(&core, &format!("espressif32-{name}"), &release_json(name));
+            fs::copy(release_fixture(name), plat.join("builder/penv_setup.py")).unwrap();
+            (plat, fs::read(release_fixture(name)).unwrap())
+        })
+        .collect();
+    // An install that pauses before writing the hooked file, after its copy and record: a
+    // remove started meanwhile must wait for it, not delete the two and leave a hooked file
+    // with neither.
+    let paused = Command::new(BIN)
+        .args(["platform", "install", "--core-dir"])
+        .arg(&core)
+        .env(
+            "PENV_GUARD_TEST_PAUSE_BEFORE_RENAME",
+            "55.03.311/builder/penv_setup.py",
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    platform_cmd(&core, &["remove"]).ok();
+    let done = paused.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    for (plat, original) in &plats {
+        assert_consistent(&core, plat, original);
+    }
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    let loops: Vec<_> = ["install", "install", "remove"]
+        .into_iter()
+        .map(|action| {
+            let core = core.clone();
+            std::thread::spawn(move || {
+                let mut runs = 0;
+                while std::time::Instant::now() < deadline {
+                    let run = platform_cmd(&core, &[action]);
+                    assert_eq!(run.code, Some(0), "{action}: {}", run.stderr);
+                    runs += 1;
+                }
+                runs
+            })
+        })
+        .collect();
+    let runs: usize = loops.into_iter().map(|l| l.join().unwrap()).sum();
+    assert!(runs >= 6, "{runs} runs");
+    for (plat, original) in &plats {
+        assert_consistent(&core, plat, original);
+    }
+    assert!(
+        core.join(".penv-guard-platform.lock").is_file(),
+        "the lock stays"
+    );
+    platform_cmd(&core, &["remove"]).ok();
+    for (plat, original) in &plats {
+        assert_eq!(
+            &fs::read(plat.join("builder/penv_setup.py")).unwrap(),
+            original
+        );
+    }
+}
+
+#[test]
+fn platform_install_waits_for_the_platform_lock_then_times_out_with_exit_75() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let plat = add_platform(&core, "espressif32", PIOARDUINO_JSON);
+    let lock = fs::File::create(core.join(".penv-guard-platform.lock")).unwrap();
+    lock.lock().unwrap();
+    let output = Command::new(BIN)
+        .args(["platform", "install", "--core-dir"])
+        .arg(&core)
+        .env("PENV_GUARD_LOCK_TIMEOUT", "0.3")
+        .output()
+        .unwrap();
+    let run = Run::from(output).code(75);
+    assert!(run.stderr.contains("waiting for another"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("PENV_GUARD_LOCK_TIMEOUT"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        fs::read(plat.join("builder/penv_setup.py")).unwrap(),
+        fs::read(upstream_head()).unwrap()
+    );
+    drop(lock);
+    platform_cmd(&core, &["install"]).ok();
+    assert_eq!(state_of(&core, &plat), "hooked");
+}
+
+#[test]
+fn platform_symlinked_platform_is_named_and_left_alone() {
+    let t = tempdir();
+    let core = t.path().join("core");
+    let checkout = t.path().join("checkout");
+    let plat = add_platform(&t.path().join("elsewhere"), "espressif32", PIOARDUINO_JSON);
+    fs::rename(&plat, &checkout).unwrap();
+    fs::create_dir_all(core.join("platforms")).unwrap();
+    std::os::unix::fs::symlink(&checkout, core.join("platforms/espressif32")).unwrap();
+    for action in ["install", "remove"] {
+        let run = platform_cmd(&core, &[action]).ok();
+        assert!(!run.stderr.contains("no pioarduino"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("55.03.311") && run.stderr.contains("symlink"),
+            "{action}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        fs::read(checkout.join("builder/penv_setup.py")).unwrap(),
+        fs::read(upstream_head()).unwrap()
+    );
+    assert_eq!(fs::read_dir(checkout.join("builder")).unwrap().count(), 1);
+    let entry = &status_json(&core)[0];
+    assert_eq!(entry["state"], "linked", "{entry}");
 }
