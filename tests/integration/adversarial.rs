@@ -1691,6 +1691,7 @@ fn a_lock_holder_stopped_by_ctrl_z_is_named_as_stopped_in_the_wait_line_and_in_s
     );
     assert_eq!(status["lock"]["holder"]["stopped"], true, "{status}");
     assert!(human.stdout.contains("STOPPED"), "{}", human.stdout);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Round three (issue 17 item 2): a penv shared by installers whose locks beside it differ
