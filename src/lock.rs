@@ -427,6 +427,7 @@ mod tests {
             pid: 777,
             command: "pio run".to_owned(),
             since_unix,
+            stopped: false,
         };
         assert_eq!(
             Holder::describe(Some(&holder)),
