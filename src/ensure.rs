@@ -257,6 +257,14 @@ impl Run<'_> {
         }
         let host = self.host_python(timeout)?;
         let mut uv = ctx.uv();
+        // Offline, the bootstrap below may use only what is here: a uv the cache unpacked, else
+        // a uv wheel in UV_FIND_LINKS; with neither, stop before anything changes.
+        if uv.is_none() && self.offline {
+            uv = uv::uv_in_cache(&ctx.cache_dir);
+            if uv.is_none() && uv::offline_uv_wheels().is_empty() {
+                return Err(Error::UvUnavailableOffline);
+            }
+        }
         let moved = matches!(reason, MissReason::PenvMoved { .. }).then(|| reason.to_string());
         if let Some(why) = moved.or_else(|| self.needs_new_venv(host.as_ref().map(|(_, h)| h))) {
             let Some((python, host)) = &host else {
@@ -274,14 +282,18 @@ impl Run<'_> {
                 host.version
             ));
             // The path itself, not its recorded text: uv gets the interpreter as the OS spells it.
-            uv::create_venv(uv.as_deref(), python, &ctx.penv, timeout, lock.file())?;
+            if let Some(warning) =
+                uv::create_venv(uv.as_deref(), python, &ctx.penv, timeout, lock.file())?
+            {
+                self.say(warning);
+            }
             phases.end("venv");
         }
         let uv = if let Some(uv) = uv.take() {
             uv
         } else {
             self.say("no uv found: installing uv into the penv with its pip");
-            let uv = uv::bootstrap_uv(&ctx.penv, timeout, lock.file())?;
+            let uv = uv::bootstrap_uv(&ctx.penv, self.offline, timeout, lock.file())?;
             phases.end("uv_bootstrap");
             uv
         };
@@ -302,6 +314,7 @@ impl Run<'_> {
         already_damaged.dedup();
         let mut request = InstallRequest {
             uv: &uv,
+            penv: &ctx.penv,
             python: &ctx.penv.python(),
             requirements_file: &requirements.1,
             reinstall: &already_damaged,
@@ -422,7 +435,7 @@ impl Run<'_> {
     }
 
     /// The requirements for uv, in a temp dir that lives as long as the returned guard; `uv` is
-    /// added when the penv has none, as pioarduino's own setup does.
+    /// added when the penv has none (and this run is online), as pioarduino's own setup does.
     fn requirements_file(&self) -> Result<(tempfile::TempDir, PathBuf)> {
         use std::fmt::Write as _;
         let deps = self.ctx.deps()?;
@@ -430,7 +443,10 @@ impl Run<'_> {
         if let Some(dir) = &self.ctx.esptool_dir {
             let _ = writeln!(text, "-e {}", dir.display());
         }
-        if !self.ctx.penv.uv().is_file() && !deps.iter().any(|d| d.name() == "uv") {
+        // Offline, uv may be in no index uv can read (a uv from the uv cache runs this install):
+        // the penv then stays without one rather than failing.
+        if !self.ctx.penv.uv().is_file() && !self.offline && !deps.iter().any(|d| d.name() == "uv")
+        {
             text.push_str("uv\n");
         }
         let dir = tempfile::tempdir()
@@ -485,7 +501,7 @@ impl Run<'_> {
             fingerprint: fingerprint_input.hash(),
             fingerprint_input,
             request: ctx.request()?,
-            racy_window_ns: stamp::racy_window_ns(&stamps),
+            racy_window_ns: stamp::racy_window_ns(&stamps, |key| ctx.device_of(key)),
             stamps,
             recorded_at_ns,
             host_python,

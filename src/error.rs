@@ -38,6 +38,8 @@ pub enum Error {
         source: io::Error,
     },
     UvNotFound,
+    /// Offline, with no uv found and none in the uv cache or `UV_FIND_LINKS` to install.
+    UvUnavailableOffline,
     PythonNotFound {
         python: PathBuf,
         message: String,
@@ -105,7 +107,7 @@ impl Error {
             Error::Validation { .. } | Error::NothingToImport { .. } | Error::Broken { .. } => {
                 EXIT_VALIDATION
             }
-            Error::Offline { .. } => EXIT_OFFLINE,
+            Error::Offline { .. } | Error::UvUnavailableOffline => EXIT_OFFLINE,
             Error::LockTimeout { .. } | Error::PlatformLockTimeout { .. } => EXIT_LOCK_TIMEOUT,
             Error::Io { .. }
             | Error::UvNotFound
@@ -148,6 +150,13 @@ impl fmt::Display for Error {
             Error::UvNotFound => f.write_str(
                 "uv not found (looked at --uv, $PENV_GUARD_UV, the penv, next to --python, PATH); \
                  install it with `pip install uv` or pass --uv PATH",
+            ),
+            Error::UvUnavailableOffline => f.write_str(
+                "offline and no uv found (looked at --uv, $PENV_GUARD_UV, the penv, next to \
+                 --python, PATH, the uv cache) nor a uv wheel in UV_FIND_LINKS to install: run \
+                 once online, pass --uv PATH to a uv binary \
+                 (https://docs.astral.sh/uv/getting-started/installation/), or put a uv wheel \
+                 in a UV_FIND_LINKS directory",
             ),
             Error::PythonNotFound { python, message } => {
                 write!(f, "cannot run Python `{}`: {message}", python.display())

@@ -110,6 +110,10 @@ pub struct Holder {
     pub pid: u32,
     pub command: String,
     pub since_unix: u64,
+    /// Not recorded: found when the record is read (a holder stopped by Ctrl-Z or SIGSTOP keeps
+    /// the lock until it is continued or killed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 impl Holder {
@@ -120,13 +124,15 @@ impl Holder {
             since_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            stopped: false,
         }
     }
 
     /// The recorded holder, if the record is readable and its holder is not known to be gone.
     pub fn read(path: &Path) -> Option<Holder> {
         let bytes = fsutil::read_capped(path, 64 << 10, Follow::Never).ok()?;
-        let holder: Holder = serde_json::from_slice(&bytes).ok()?;
+        let mut holder: Holder = serde_json::from_slice(&bytes).ok()?;
+        holder.stopped = os::lock::holder_stopped(holder.pid);
         os::lock::holder_alive(holder.pid, path).then_some(holder)
     }
 
@@ -137,7 +143,16 @@ impl Holder {
                     .unwrap_or(i64::MAX)
                     .saturating_mul(1_000_000_000);
                 let age = crate::messages::human_age(fsutil::now_ns().saturating_sub(since_ns));
-                format!("pid {} `{}` (taken {age})", h.pid, h.command)
+                let stopped = if h.stopped {
+                    format!(
+                        "; it is STOPPED (Ctrl-Z or SIGSTOP) and keeps the lock until it is \
+                         continued (`fg`, `kill -CONT {}`) or ended",
+                        h.pid
+                    )
+                } else {
+                    String::new()
+                };
+                format!("pid {} `{}` (taken {age}{stopped})", h.pid, h.command)
             }
             None => "an unknown process".to_owned(),
         }
@@ -148,10 +163,15 @@ pub enum Probe {
     Free,
     Held(Option<Holder>),
     Unsupported(io::Error),
+    /// Something other than a regular file is at the lock path (the next miss fails on it).
+    NotAFile(String),
 }
 
 /// Whether the lock is free now, without keeping it.
 pub fn probe(lock_path: &Path, holder_path: &Path) -> Probe {
+    if let Some(kind) = not_a_file(lock_path) {
+        return Probe::NotAFile(not_a_file_message(lock_path, kind));
+    }
     let Ok(file) = fsutil::open_regular(lock_path, Follow::Never) else {
         return Probe::Free;
     };
@@ -247,9 +267,32 @@ fn lock_once(
     }
 }
 
+/// What is at `path` when it exists and is not a regular file (a FIFO, a directory, a symlink).
+fn not_a_file(path: &Path) -> Option<&'static str> {
+    fs::symlink_metadata(path)
+        .ok()
+        .map(|m| m.file_type())
+        .filter(|kind| !kind.is_file())
+        .map(fsutil::kind_name)
+}
+
+/// The one message for anything but a regular file at the lock path, for `ensure` (exit 2) and
+/// `status` alike.
+pub fn not_a_file_message(path: &Path, kind: &str) -> String {
+    format!(
+        "the lock file {} is {kind}, not a regular file; penv-guard does not follow or replace \
+         it (remove it)",
+        path.display()
+    )
+}
+
 /// Opens (creating if needed) the lock file: never through a symlink, never a special file,
-/// never blocking on open. New files follow the umask.
+/// never blocking on open. New files follow the umask. Whatever is at the path instead (a FIFO,
+/// a directory, which opening for writing refuses with its own error) is bad input, exit 2.
 fn open(path: &Path) -> Result<File> {
+    if let Some(kind) = not_a_file(path) {
+        return Err(Error::Usage(not_a_file_message(path, kind)));
+    }
     fsutil::open_lock_file(path).map_err(|e| match e {
         ReadError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             Error::LockPermission {
@@ -257,11 +300,7 @@ fn open(path: &Path) -> Result<File> {
                 owner: os::lock::owner_of(path),
             }
         }
-        ReadError::NotRegular(kind) => Error::Usage(format!(
-            "the lock file {} is {kind}, not a regular file; penv-guard does not follow or \
-             replace it (remove it)",
-            path.display()
-        )),
+        ReadError::NotRegular(kind) => Error::Usage(not_a_file_message(path, kind)),
         ReadError::Io(e) => Error::io("open the lock file", path, e),
         other => Error::io(
             "open the lock file",
@@ -326,6 +365,7 @@ mod tests {
             pid: 777,
             command: "pio run".to_owned(),
             since_unix,
+            stopped: false,
         };
         assert_eq!(
             Holder::describe(Some(&holder)),

@@ -59,10 +59,6 @@ impl Stamp {
     pub fn of(path: &Path) -> Option<Stamp> {
         os::fs::stamp(path)
     }
-
-    fn newest_ns(&self) -> i64 {
-        self.mtime_ns.max(self.ctime_ns)
-    }
 }
 
 /// A directory whose parts are stamped by their path relative to it. On Linux it is opened once
@@ -100,16 +96,23 @@ pub type Stamps = BTreeMap<String, Option<Stamp>>;
 
 pub const ESPTOOL_PREFIX: &str = "esptool-dir:";
 
-/// Parts that changed within `window_ns` before `at_ns`: a later change in the same timestamp
-/// tick would leave their stamp unchanged (git's "racy clean" entries).
+/// Parts whose mtime or ctime lies within `window_ns` of `at_ns`, before or after it: a later
+/// change in the same timestamp tick would leave their stamp unchanged (git's "racy clean"
+/// entries). A time further in the future than that (a CI cache or image built where the clock
+/// was ahead, an SMB/NFS server ahead, FAT after a time-zone change) is not racy: a later write
+/// stamps the writer's clock, which lies behind it, so it changes the stamp. Such a part is a
+/// change once (its stamp differs from the one recorded before), and hits after the miss that
+/// recorded it. Each time is judged alone: a future mtime (set by `tar` or `touch`) must not
+/// hide a ctime that is racy.
 pub fn racy_parts<'a>(
     stamps: impl IntoIterator<Item = (&'a str, &'a Option<Stamp>)>,
     at_ns: i64,
     window_ns: i64,
 ) -> Vec<String> {
+    let near = |t: i64| is_racy(t, at_ns, window_ns) && t <= at_ns.saturating_add(window_ns);
     stamps
         .into_iter()
-        .filter(|(_, stamp)| stamp.is_some_and(|s| is_racy(s.newest_ns(), at_ns, window_ns)))
+        .filter(|(_, stamp)| stamp.is_some_and(|s| near(s.mtime_ns) || near(s.ctime_ns)))
         .map(|(name, _)| name.to_owned())
         .collect()
 }
@@ -121,17 +124,29 @@ pub fn is_racy(changed_ns: i64, at_ns: i64, window_ns: i64) -> bool {
 }
 
 /// The racy window for these stamps: twice the coarser of the kernel's timestamp tick and the
-/// granularity the filesystem showed in the timestamps just read (all whole seconds on FAT or
-/// ext3, nanoseconds on ext4, btrfs, xfs, tmpfs, APFS).
-pub fn racy_window_ns(stamps: &Stamps) -> i64 {
-    let times: Vec<i64> = stamps
-        .values()
-        .flatten()
-        .flat_map(|s| [s.mtime_ns, s.ctime_ns])
-        .collect();
-    if times.is_empty() {
-        return COARSE_RACY_WINDOW_NS;
+/// granularity each filesystem showed in the timestamps just read (all whole seconds on FAT,
+/// ext3 or `mkfs.ext4 -I 128`, nanoseconds on ext4, btrfs, xfs, tmpfs, APFS). The granularity is
+/// measured per filesystem (`device` names the one a part lives on) and the coarsest wins: a
+/// whole-second penv is never given the fine window its base interpreter's filesystem shows.
+pub fn racy_window_ns(stamps: &Stamps, device: impl Fn(&str) -> Option<u64>) -> i64 {
+    let mut by_device: BTreeMap<Option<u64>, Vec<i64>> = BTreeMap::new();
+    for (key, stamp) in stamps {
+        if let Some(s) = stamp {
+            by_device
+                .entry(device(key))
+                .or_default()
+                .extend([s.mtime_ns, s.ctime_ns]);
+        }
     }
+    by_device
+        .values()
+        .map(|times| window_of(times))
+        .max()
+        .unwrap_or(COARSE_RACY_WINDOW_NS)
+}
+
+/// The racy window for timestamps of one filesystem.
+fn window_of(times: &[i64]) -> i64 {
     let mut granularity: i64 = 1;
     while granularity < 1_000_000_000 && times.iter().all(|t| t % (granularity * 10) == 0) {
         granularity *= 10;
@@ -140,6 +155,12 @@ pub fn racy_window_ns(stamps: &Stamps) -> i64 {
         return COARSE_RACY_WINDOW_NS;
     }
     2 * granularity.max(timestamp_tick_ns())
+}
+
+/// The filesystem (device; the volume on Windows) `path` lives on, following symlinks as
+/// [`Stamp::of`] does; `None` where it cannot be stat'ed.
+pub fn device(path: &Path) -> Option<u64> {
+    Stamp::of(path).map(|s| s.dev)
 }
 
 #[cfg(target_os = "linux")]
@@ -217,6 +238,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_stamp_beyond_the_window_in_the_future_is_not_racy_but_one_just_ahead_is() {
+        let at = 3_000_000_000;
+        let ahead = |mtime_ns, ctime_ns| {
+            Stamps::from([(
+                "p".to_owned(),
+                Some(Stamp {
+                    dev: 1,
+                    ino: 1,
+                    size: 2,
+                    mtime_ns,
+                    ctime_ns,
+                }),
+            )])
+        };
+        let hour = 3_600_000_000_000;
+        assert!(racy_parts(parts(&ahead(at + hour, at + hour)), at, 8_000_000).is_empty());
+        assert_eq!(
+            racy_parts(parts(&ahead(at + 5_000_000, 0)), at, 8_000_000),
+            ["p"]
+        );
+        // A future mtime does not hide a ctime changed just before the stamp was taken.
+        assert_eq!(
+            racy_parts(parts(&ahead(at + hour, at - 1_000)), at, 8_000_000),
+            ["p"]
+        );
+    }
+
+    #[test]
     fn racy_window_follows_the_filesystems_granularity() {
         let fine: Stamps = [
             ("a", 1_700_000_000_123_456_789),
@@ -225,7 +274,7 @@ pub(crate) mod tests {
         .into_iter()
         .map(|(k, t)| (k.to_owned(), stamp(t)))
         .collect();
-        let window = racy_window_ns(&fine);
+        let window = racy_window_ns(&fine, |_| None);
         assert!(
             window < 100_000_000,
             "ns timestamps: a tick-sized window, got {window}"
@@ -237,7 +286,22 @@ pub(crate) mod tests {
         .into_iter()
         .map(|(k, t)| (k.to_owned(), stamp(t)))
         .collect();
-        assert_eq!(racy_window_ns(&whole_seconds), COARSE_RACY_WINDOW_NS);
-        assert_eq!(racy_window_ns(&Stamps::new()), COARSE_RACY_WINDOW_NS);
+        assert_eq!(
+            racy_window_ns(&whole_seconds, |_| None),
+            COARSE_RACY_WINDOW_NS
+        );
+        assert_eq!(
+            racy_window_ns(&Stamps::new(), |_| None),
+            COARSE_RACY_WINDOW_NS
+        );
+        // One part on a whole-second filesystem among many on a fine one: the window is that
+        // filesystem's, never borrowed from the other.
+        let mut mixed = fine.clone();
+        mixed.insert("c".to_owned(), stamp(1_700_000_005_000_000_000));
+        assert_eq!(
+            racy_window_ns(&mixed, |key| Some(u64::from(key == "c"))),
+            COARSE_RACY_WINDOW_NS
+        );
+        assert!(racy_window_ns(&mixed, |_| Some(0)) < 100_000_000);
     }
 }

@@ -15,7 +15,7 @@
 //!                   disagree with the table; the message names `ensure --verify`)
 //!   "dependencies": [ { "requirement", "name", "origin", "applies", "installed", "satisfied",
 //!                       "modules" } ],
-//!   "lock":        { "path", "state": "free"|"held"|"unsupported", "holder", "detail" },
+//!   "lock":        { "path", "state": "free"|"held"|"unsupported"|"not_a_file", "holder", "detail" },
 //!   "last_install": { "timings_ms", "uv_version", "installed_count" } | null,
 //!   "last_write":  { "timings_ms" } | null   (the run that wrote the state: install or re-check),
 //!   "build_sizes": <the `size` cache, as `size --json` reports it> | null,
@@ -219,6 +219,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         lock::Probe::Free => ("free", None, None),
         lock::Probe::Held(holder) => ("held", holder, None),
         lock::Probe::Unsupported(e) => ("unsupported", None, Some(e.to_string())),
+        lock::Probe::NotAFile(message) => ("not_a_file", None, Some(message)),
     };
 
     let host_python = ctx.host_python().map(|path| {
@@ -479,6 +480,10 @@ fn print_human(r: &Report) {
         ),
         ("unsupported", _) => out!(
             "lock          unsupported here: {}",
+            r.lock.detail.as_deref().unwrap_or("")
+        ),
+        ("not_a_file", _) => out!(
+            "lock          unusable: {}",
             r.lock.detail.as_deref().unwrap_or("")
         ),
         _ => out!("lock          free"),

@@ -133,9 +133,23 @@ pub fn check_installed(
     let mut modules = BTreeMap::new();
     for dep in ctx.deps()?.iter().filter(|d| d.applies_to(env.as_ref())) {
         let Some(dist) = dists.get(dep.name()) else {
+            // uv said it installed it: its configuration may have sent it elsewhere.
+            let configs: Vec<String> = crate::uv::config_files(&ctx.penv)
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            let hint = if configs.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; uv read its configuration from {}: a `target` or `prefix` there installs \
+                     elsewhere",
+                    configs.join(", ")
+                )
+            };
             return Err(Error::Install {
                 message: format!(
-                    "`{}` ({}) is not installed in {} after uv finished",
+                    "`{}` ({}) is not installed in {} after uv finished{hint}",
                     dep.canonical,
                     dep.origin,
                     ctx.penv.root.display()

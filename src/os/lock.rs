@@ -52,6 +52,12 @@ pub fn holder_alive(pid: u32, record: &Path) -> bool {
     imp::holder_alive(pid, record)
 }
 
+/// Whether the holder's process is stopped (Ctrl-Z, SIGSTOP): it keeps the lock until it is
+/// continued. Only Linux tells this without privileges (`/proc/<pid>/stat`); elsewhere `false`.
+pub fn holder_stopped(pid: u32) -> bool {
+    imp::holder_stopped(pid)
+}
+
 pub fn release(file: &File) {
     imp::release(file);
 }

@@ -813,26 +813,6 @@ fn a_moved_penv_is_recreated_even_when_its_activate_script_says_nothing() {
     assert!(activate.contains(&format!("VIRTUAL_ENV='{}'", moved.display())));
 }
 
-#[test]
-fn a_clear_that_failed_half_way_is_finished_by_the_next_run() {
-    let w = World::new();
-    w.ensure(&["alpha"]).run().ok();
-    let stuck = w.site_packages().join("alpha/__init__.py");
-    if !chattr("+i", &stuck) {
-        eprintln!("skipped: chattr +i is not supported here");
-        return;
-    }
-    // The penv's Python changes: it must be cleared, and the clear fails on the immutable file.
-    let cfg = w.penv.join("pyvenv.cfg");
-    let text = fs::read_to_string(&cfg).unwrap();
-    fs::write(&cfg, text.replace("version_info = 3.", "version_info = 2.")).unwrap();
-    let failed = w.ensure(&["alpha"]).run();
-    chattr("-i", &stuck);
-    assert_eq!(failed.code, Some(1), "{}", failed.stderr);
-    let run = w.ensure(&["alpha"]).arg("--json").run().ok();
-    assert_eq!(run.status(), "installed");
-}
-
 fn chattr(flag: &str, path: &Path) -> bool {
     Command::new("chattr")
         .arg(flag)
@@ -1163,6 +1143,215 @@ fn offline_exit_4_is_only_for_what_is_not_available_offline() {
     assert!(!run.stderr.contains("local uv cache"), "{}", run.stderr);
 }
 
+/// `ensure --offline` where no uv exists, with pip's index unreachable: pip must never be sent
+/// there.
+fn offline_without_uv(w: &World, find_links: &std::ffi::OsStr) -> TestCommand {
+    w.ensure_without_uv()
+        .args(["--offline", "--dep", "alpha<2", "--json"])
+        .env("UV_FIND_LINKS", find_links)
+        .env("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+        .env("PIP_RETRIES", "0")
+        .env("PIP_TIMEOUT", "2")
+}
+
+#[test]
+fn offline_with_no_uv_anywhere_uses_only_local_uv_or_fails_at_once_with_exit_4() {
+    // Nothing local: exit 4 saying how to get uv, before the penv is made.
+    let w = World::new();
+    let run = offline_without_uv(&w, w.wheels.as_os_str()).run().code(4);
+    assert!(
+        run.stderr.contains("no uv found") && run.stderr.contains("--uv"),
+        "{}",
+        run.stderr
+    );
+    assert!(!w.penv.exists(), "nothing was created");
+    // A uv wheel in UV_FIND_LINKS: pip installs it from there, never from its index.
+    let run = offline_without_uv(&w, &w.find_links()).run();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.status(), "installed");
+    assert!(w.penv.join("bin/uv").is_file());
+    // A uv the uv cache unpacked (a penv that once got uv through uv) is used as it is.
+    let w = World::new();
+    w.ensure(&["alpha<2"]).run().ok();
+    fs::remove_dir_all(&w.penv).unwrap();
+    let run = offline_without_uv(&w, w.wheels.as_os_str()).run();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.json()["installed"]["alpha"], "1.0");
+}
+
+#[test]
+fn uv_configuration_in_the_current_directory_cannot_redirect_the_penv_install() {
+    let w = World::new();
+    let elsewhere = w.dir.path().join("elsewhere");
+    let user_config = w.dir.path().join("xdg");
+    fs::create_dir_all(&user_config).unwrap();
+    // A PlatformIO project whose uv.toml or pyproject.toml sends `uv pip install` elsewhere.
+    let project = w.dir.path().join("project");
+    fs::create_dir_all(project.join("w")).unwrap();
+    let uv_toml = format!("[pip]\ntarget = \"{}\"\n", elsewhere.display());
+    let pyproject = format!(
+        "[project]\nname = \"fw\"\nversion = \"1\"\n\n[tool.uv.pip]\ntarget = \"{}\"\n",
+        elsewhere.display()
+    );
+    // Relative paths the user gives still mean what they meant in the project directory.
+    fs::write(project.join("reqs.txt"), "alpha<2\n").unwrap();
+    let in_project = |w: &World| {
+        w.cmd("ensure")
+            .arg("-r")
+            .arg("reqs.txt")
+            .arg("--uv-cache-dir")
+            .arg("uv-cache")
+            .env_remove("UV_NO_CONFIG")
+            .env("XDG_CONFIG_HOME", &user_config)
+    };
+    for (file, text) in [("uv.toml", &uv_toml), ("pyproject.toml", &pyproject)] {
+        fs::write(project.join(file), text).unwrap();
+        let run = in_project(&w).arg("--verify").run_in(&project);
+        assert_eq!(run.code, Some(0), "{file}: {}", run.stderr);
+        assert!(!elsewhere.exists(), "{file} redirected the install");
+        assert!(w.site_packages().join("alpha").is_dir());
+        assert!(project.join("uv-cache").is_dir(), "relative --uv-cache-dir");
+        fs::remove_file(project.join(file)).unwrap();
+    }
+    // The user's own configuration still applies: here it is where the wheels are found.
+    let user_uv = user_config.join("uv/uv.toml");
+    fs::create_dir_all(user_uv.parent().unwrap()).unwrap();
+    let links = w.find_links().into_string().unwrap();
+    let quoted: Vec<String> = links.split(',').map(|l| format!("\"{l}\"")).collect();
+    fs::write(&user_uv, format!("find-links = [{}]\n", quoted.join(", "))).unwrap();
+    let run = in_project(&w)
+        .arg("--dep")
+        .arg("single")
+        .env_remove("UV_FIND_LINKS")
+        .run_in(&project);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(w.site_packages().join("single_mod.py").is_file());
+    // A user configuration that sends the install elsewhere is named.
+    fs::write(&user_uv, &uv_toml).unwrap();
+    let run = in_project(&w)
+        .arg("--dep")
+        .arg("postpkg")
+        .run_in(&project)
+        .code(1);
+    assert!(
+        run.stderr.contains(&*user_uv.to_string_lossy()),
+        "{}",
+        run.stderr
+    );
+}
+
+/// The penv's entries as `clear` sees them (in directory order), penv-guard's own files left out.
+fn penv_entries(w: &World) -> Vec<std::ffi::OsString> {
+    fs::read_dir(&w.penv)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().starts_with(".penv-guard"))
+        .collect()
+}
+
+/// pyvenv.cfg claims another minor version of Python: the next miss must recreate the penv.
+fn claim_another_python(w: &World) {
+    let cfg = w.penv.join("pyvenv.cfg");
+    let text = fs::read_to_string(&cfg).unwrap();
+    let other: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("version_info") {
+                "version_info = 3.1.0".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(&cfg, other + "\n").unwrap();
+}
+
+#[test]
+fn recreating_a_penv_that_cannot_be_cleared_leaves_it_as_it_was_naming_the_entry() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    // The last directory in the order a clear reads them: a clear that deletes as it goes has
+    // removed everything before it when it fails there.
+    let before = penv_entries(&w);
+    let stuck = before
+        .iter()
+        .map(|n| w.penv.join(n))
+        .rev()
+        .find(|p| fs::symlink_metadata(p).unwrap().is_dir())
+        .unwrap();
+    if !chattr("+i", &stuck) {
+        eprintln!("skipped: chattr +i not supported here");
+        return;
+    }
+    claim_another_python(&w);
+    let run = w.ensure(&["alpha"]).run();
+    chattr("-i", &stuck);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&*stuck.to_string_lossy()) && run.stderr.contains("as it was"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        penv_entries(&w),
+        before,
+        "nothing removed, nothing left aside"
+    );
+    let import = Command::new(w.penv.join("bin/python"))
+        .args(["-c", "import alpha"])
+        .status()
+        .unwrap();
+    assert!(import.success(), "the penv still works");
+    w.ensure(&["alpha"]).run().ok();
+}
+
+#[test]
+fn recreating_a_penv_with_an_undeletable_file_builds_a_new_one_and_names_the_file_left() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    let stuck = w.site_packages().join("alpha/__init__.py");
+    if !chattr("+i", &stuck) {
+        eprintln!("skipped: chattr +i not supported here");
+        return;
+    }
+    claim_another_python(&w);
+    let run = w.ensure(&["alpha"]).run();
+    let aside: Vec<PathBuf> = fs::read_dir(&w.penv)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".penv-guard-old-"))
+        .collect();
+    for dir in &aside {
+        for entry in walk(dir) {
+            chattr("-i", &entry);
+        }
+    }
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("alpha/__init__.py") && run.stderr.contains("cannot be deleted"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(aside.len(), 1, "the old files are left aside in the penv");
+    assert!(w.state_path().is_file(), "the new penv was validated");
+    // The next recreation removes what was left.
+    claim_another_python(&w);
+    w.ensure(&["alpha"]).run().ok();
+    assert!(!aside[0].exists());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        for entry in fs::read_dir(dir).unwrap() {
+            out.extend(walk(&entry.unwrap().path()));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
 // Issue 17 items 12-13 (ux)
 
 /// Item 13: a bad `PENV_GUARD_LOCK_TIMEOUT` is one line naming the variable and its value.
@@ -1300,6 +1489,208 @@ fn status_ignores_history_records_with_impossible_dates() {
         "{}",
         report["misses"]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round three (issue 17), second part
+
+#[test]
+fn a_stamp_in_the_future_is_a_change_once_and_then_hits() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    // A penv restored from a cache built where the clock was an hour ahead.
+    let ahead = format!(
+        "@{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600
+    );
+    for part in [w.penv.join("pyvenv.cfg"), w.site_packages().join("alpha")] {
+        assert!(
+            Command::new("touch")
+                .args(["-d", &ahead])
+                .arg(&part)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let run = w.ensure(&["alpha"]).arg("--json").run().ok();
+    assert_ne!(run.status(), "hit", "the stamps changed");
+    let history = w.penv.join(".penv-guard-history.jsonl");
+    let misses = fs::read_to_string(&history).unwrap().lines().count();
+    for _ in 0..2 {
+        let run = w.ensure(&["alpha"]).arg("--json").run().ok();
+        assert_eq!(run.status(), "hit", "{}", run.stderr);
+    }
+    assert_eq!(
+        fs::read_to_string(&history).unwrap().lines().count(),
+        misses,
+        "no miss recorded after the first"
+    );
+    let status = status_json(&w, &["alpha"]);
+    assert_eq!(status["verdict"]["result"], "hit", "{status}");
+}
+
+/// A loop-mounted ext4 with 128-byte inodes, which store whole seconds (as ext3 and FAT do);
+/// unmounted on drop. `None`, with the reason printed, where this machine cannot mount one.
+struct WholeSecondMount {
+    at: PathBuf,
+}
+
+impl WholeSecondMount {
+    fn new(image: &Path, at: &Path) -> Option<WholeSecondMount> {
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())
+                .and_then(|o| {
+                    if o.status.success() {
+                        Ok(())
+                    } else {
+                        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+                    }
+                })
+        };
+        fs::File::create(image).unwrap().set_len(256 << 20).unwrap();
+        fs::create_dir_all(at).unwrap();
+        let made = run(
+            "mkfs.ext4",
+            &[
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-I".as_ref(),
+                "128".as_ref(),
+                image.as_os_str(),
+            ],
+        )
+        .and_then(|()| {
+            run(
+                "mount",
+                &[
+                    "-o".as_ref(),
+                    "loop".as_ref(),
+                    image.as_os_str(),
+                    at.as_os_str(),
+                ],
+            )
+        });
+        match made {
+            Ok(()) => Some(WholeSecondMount {
+                at: at.to_path_buf(),
+            }),
+            Err(reason) => {
+                eprintln!("skipped: cannot loop-mount a whole-second ext4 here: {reason}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for WholeSecondMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.at).status();
+    }
+}
+
+#[test]
+fn a_penv_on_a_whole_second_filesystem_gets_its_racy_window_not_another_filesystems() {
+    let w = World::new();
+    let core = w.penv.parent().unwrap().to_path_buf();
+    let Some(_mount) = WholeSecondMount::new(&w.dir.path().join("whole-seconds.img"), &core) else {
+        return;
+    };
+    Wheel::new("zeta", "1.0")
+        .module("zeta", "")
+        .file("zeta/blob.bin", &"x".repeat(100))
+        .build(&w.wheels);
+    // Parts on another filesystem with nanosecond times: the esptool project's files (and on
+    // many machines the base interpreter).
+    let tool = editable_project(w.dir.path(), "esptool", "1.0", "VERSION = 1\n");
+    let ensure = || {
+        w.ensure(&["zeta"])
+            .arg("--esptool-dir")
+            .arg(&tool)
+            .arg("--json")
+    };
+    ensure().run().ok();
+    // Removed right after the record, most likely in the same second: the directory's stamp
+    // (whole seconds, and ext4 keeps a directory's size) may not change at all.
+    let blob = w.site_packages().join("zeta/blob.bin");
+    fs::remove_file(&blob).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(w.state_path()).unwrap()).unwrap();
+    assert_eq!(
+        state["racy_window_ns"], 2_000_000_000_i64,
+        "the penv's filesystem stores whole seconds; the esptool project's does not"
+    );
+    let run = ensure().run().ok();
+    assert_ne!(run.status(), "hit", "{}", run.stderr);
+    assert!(blob.is_file(), "repaired");
+}
+
+#[test]
+fn a_fifo_or_a_directory_at_the_lock_path_is_one_exit_code_and_message_and_status_says_so() {
+    for kind in ["a FIFO", "a directory"] {
+        let w = World::new();
+        fs::create_dir_all(w.penv.parent().unwrap()).unwrap();
+        if kind == "a FIFO" {
+            mkfifo(&w.lock_path());
+        } else {
+            fs::create_dir(w.lock_path()).unwrap();
+        }
+        let run = within(w.ensure(&["alpha"]), Duration::from_secs(60)).code(2);
+        assert!(
+            run.stderr.contains(&*w.lock_path().to_string_lossy())
+                && run
+                    .stderr
+                    .contains(&format!("is {kind}, not a regular file")),
+            "{kind}: {}",
+            run.stderr
+        );
+        assert_eq!(w.installs(), 0);
+        let status = status_json(&w, &["alpha"]);
+        assert_eq!(status["lock"]["state"], "not_a_file", "{kind}: {status}");
+        let human = w.cmd("status").args(["--dep", "alpha"]).run().ok();
+        assert!(
+            human.stdout.contains(&format!("is {kind}"))
+                && !human.stdout.contains("lock          free"),
+            "{}",
+            human.stdout
+        );
+    }
+}
+
+#[test]
+fn a_lock_holder_stopped_by_ctrl_z_is_named_as_stopped_in_the_wait_line_and_in_status() {
+    let w = World::new();
+    let mut holder = Command::new("sleep").arg("120").spawn().unwrap();
+    signal(&holder, "STOP");
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let _lock = w.hold_lock(Some(&format!(
+        r#"{{"pid": {}, "command": "penv-guard ensure", "since_unix": {since}}}"#,
+        holder.id()
+    )));
+    let run = w.ensure(&["alpha"]).args(["--lock-timeout", "1"]).run();
+    let status = status_json(&w, &["alpha"]);
+    let human = w.cmd("status").args(["--dep", "alpha"]).run().ok();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(run.code, Some(75), "{}", run.stderr);
+    let wait_line = run.stderr.lines().next().unwrap_or_default();
+    assert!(
+        wait_line.contains("waiting") && wait_line.contains("STOPPED"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(status["lock"]["holder"]["stopped"], true, "{status}");
+    assert!(human.stdout.contains("STOPPED"), "{}", human.stdout);
 }
 
 // ---------------------------------------------------------------------------------------------

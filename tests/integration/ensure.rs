@@ -634,25 +634,14 @@ fn penv_guard_log_shows_each_phase_with_its_duration_and_a_quiet_hit_prints_noth
 fn with_no_uv_anywhere_the_penv_gets_uv_through_its_own_pip() {
     let w = World::new();
     // No --uv, no PENV_GUARD_UV, no uv on PATH or next to Python: only python3 is found.
-    let python_only = w.dir.path().join("python-only");
-    fs::create_dir_all(&python_only).unwrap();
-    std::os::unix::fs::symlink(crate::support::host_python(), python_only.join("python3")).unwrap();
-    let mut command = std::process::Command::new(crate::support::BIN);
-    command
-        .args(["ensure", "--dep", "alpha<2", "--json", "--penv"])
-        .arg(&w.penv)
-        .arg("--uv-cache-dir")
-        .arg(&w.cache)
-        .env("PATH", &python_only)
-        .env_remove("PENV_GUARD_UV")
-        .env_remove("PLATFORMIO_OFFLINE")
-        .env("UV_FIND_LINKS", w.find_links())
-        .env("UV_DEFAULT_INDEX", w.empty_index_url())
-        .env("UV_NO_CONFIG", "1")
+    let run = w
+        .ensure_without_uv()
+        .args(["--dep", "alpha<2", "--json"])
         // pip finds uv where uv finds everything else, and never the index.
         .env("PIP_NO_INDEX", "1")
-        .env("PIP_FIND_LINKS", crate::support::tool_wheels());
-    let run = crate::support::Run::from(command.output().unwrap()).ok();
+        .env("PIP_FIND_LINKS", crate::support::tool_wheels())
+        .run()
+        .ok();
     assert!(run.stderr.contains("no uv found"), "{}", run.stderr);
     assert_eq!(run.status(), "installed");
     assert_eq!(run.json()["uv"], w.penv.join("bin/uv").to_str().unwrap());

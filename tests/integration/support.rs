@@ -309,6 +309,31 @@ impl World {
         self.cmd("ensure").deps(deps)
     }
 
+    /// `penv-guard ensure` where no uv exists: no `--uv`, no `PENV_GUARD_UV`, and a PATH that
+    /// holds only `python3` (with no uv next to it).
+    pub fn ensure_without_uv(&self) -> TestCommand {
+        let python_only = self.dir.path().join("python-only");
+        std::fs::create_dir_all(&python_only).unwrap();
+        let link = python_only.join("python3");
+        if !link.exists() {
+            std::os::unix::fs::symlink(host_python(), link).unwrap();
+        }
+        let mut command = Command::new(BIN);
+        command
+            .arg("ensure")
+            .arg("--penv")
+            .arg(&self.penv)
+            .arg("--uv-cache-dir")
+            .arg(&self.cache)
+            .env("PATH", &python_only)
+            .env_remove("PENV_GUARD_UV")
+            .env_remove("PLATFORMIO_OFFLINE")
+            .env("UV_FIND_LINKS", self.find_links())
+            .env("UV_DEFAULT_INDEX", self.empty_index_url())
+            .env("UV_NO_CONFIG", "1");
+        TestCommand { command }
+    }
+
     /// The world's wheels, then the uv wheel `scripts/setup` keeps in `.tools/wheels` (penv-guard
     /// puts uv into every penv it creates, as pioarduino does).
     pub fn find_links(&self) -> std::ffi::OsString {
@@ -425,6 +450,11 @@ impl TestCommand {
 
     pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
         self.command.env(key, value);
+        self
+    }
+
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.command.env_remove(key);
         self
     }
 

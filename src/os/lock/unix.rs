@@ -29,6 +29,31 @@ pub fn holder_alive(pid: u32, _: &Path) -> bool {
     !matches!(test_kill_process(pid), Err(rustix::io::Errno::SRCH))
 }
 
+/// State `T` (or `t` under a tracer) in `/proc/<pid>/stat`, on Linux.
+#[cfg(target_os = "linux")]
+pub fn holder_stopped(pid: u32) -> bool {
+    crate::fsutil::read_capped(
+        Path::new(&format!("/proc/{pid}/stat")),
+        4096,
+        crate::fsutil::Follow::Symlinks,
+    )
+    .ok()
+    .and_then(|bytes| {
+        // `pid (comm) S …`: the command may hold spaces and parentheses, the state follows the
+        // last `)`.
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let state = text.rsplit_once(')')?.1.trim_start().chars().next()?;
+        Some(matches!(state, 'T' | 't'))
+    })
+    .unwrap_or(false)
+}
+
+/// macOS and the BSDs tell a process's state only through sysctl/libproc: never claimed there.
+#[cfg(not(target_os = "linux"))]
+pub fn holder_stopped(_: u32) -> bool {
+    false
+}
+
 /// The close releases the flock once every holder of the open file (a child with it as stdin
 /// included) has closed it; unlocking here would release it under a child still running.
 pub fn release(_: &File) {}

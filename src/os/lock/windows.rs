@@ -65,6 +65,11 @@ pub fn set_inherited(_: &File, _: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Windows has no job-control stop that keeps a lock: never claimed.
+pub fn holder_stopped(_: u32) -> bool {
+    false
+}
+
 pub fn owner_of(_: &Path) -> Option<u32> {
     None
 }
