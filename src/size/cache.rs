@@ -19,6 +19,14 @@
 //!   stored. Under the lock the file is read again and merged, so two concurrent `size` calls
 //!   for different envs do not lose each other's entries.
 //! - Reading the cache takes no lock and writes nothing: the cached path of `size` is one read.
+//! - **A cached call reads only what it reports.** The hard-linked inodes a walk finds (needed
+//!   only to count an inode shared by two envs once in the project total) are kept apart, in
+//!   `build-size-links.json`, each env's list under the key it was walked with; the main file
+//!   keeps only their number (`linked`). The links file is read only when two or more of the
+//!   reported envs have links (only then can one inode be in two of them), so a tree with
+//!   thousands of hard links costs a cached call nothing more. A links list whose key is not
+//!   its entry's (a crash between the two writes, an older file) is not used: that env is then
+//!   counted without deduplication, never with another walk's links.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,11 +39,14 @@ use super::key::resolve_env_dir;
 use super::walk::{Link, WalkTotals};
 use crate::fsutil::{self, Follow, ReadError};
 
-/// Schema number of `build-size.json`; any other number is a miss.
-pub const CACHE_SCHEMA: u64 = 2;
+/// Schema number of `build-size.json` (and of `build-size-links.json`); any other number is a
+/// miss. 3: the links moved to their own file.
+pub const CACHE_SCHEMA: u64 = 3;
 const LOCK_FILE: &str = "build-size.lock";
+/// Beside the cache: each env's hard-linked inodes, read only for a project total across envs.
+const LINKS_FILE: &str = "build-size-links.json";
 
-/// One env's cached size, as stored in `build-size.json`.
+/// One env's cached size, as stored in `build-size.json` (its `links` in the links file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StoredEntry")]
 pub struct Entry {
@@ -51,7 +62,11 @@ pub struct Entry {
     /// The key captured after the walk differed from the one before it.
     pub changed_during_walk: bool,
     pub walked_at_ns: i64,
-    /// Hard-linked inodes in the tree, for the cross-env project total.
+    /// How many hard-linked inodes the walk found: stored here, the list in the links file.
+    pub linked: u64,
+    /// Those inodes, for the cross-env project total: filled by a walk, or from the links file
+    /// by [`attach_links`]; empty as the main file is read.
+    #[serde(skip)]
     pub links: Vec<Link>,
 }
 
@@ -72,7 +87,7 @@ struct StoredEntry {
     racy: bool,
     changed_during_walk: bool,
     walked_at_ns: i64,
-    links: Vec<Link>,
+    linked: u64,
 }
 
 impl From<StoredEntry> for Entry {
@@ -92,7 +107,8 @@ impl From<StoredEntry> for Entry {
             racy: e.racy,
             changed_during_walk: e.changed_during_walk,
             walked_at_ns: e.walked_at_ns,
-            links: e.links,
+            links: Vec::new(),
+            linked: e.linked,
         }
     }
 }
@@ -116,6 +132,7 @@ impl Entry {
             racy: false,
             changed_during_walk: false,
             walked_at_ns: now_ns,
+            linked: 0,
             links: Vec::new(),
         }
     }
@@ -234,6 +251,58 @@ pub fn to_bytes(entries: &Entries) -> Vec<u8> {
     bytes
 }
 
+/// The links file beside the cache at `cache_path`.
+fn links_path(cache_path: &Path) -> PathBuf {
+    cache_path.with_file_name(LINKS_FILE)
+}
+
+/// One env's links as the links file keeps them, with the key of the walk that found them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredLinks {
+    key: Option<String>,
+    links: Vec<Link>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LinksDocument {
+    schema: u64,
+    envs: BTreeMap<String, StoredLinks>,
+}
+
+/// The links file's lists; anything unreadable or of another schema is none (a miss of the
+/// deduplication only, never an error).
+fn load_links(cache_path: &Path) -> BTreeMap<String, StoredLinks> {
+    fsutil::read_capped(&links_path(cache_path), fsutil::OWN_FILE_CAP, Follow::Never)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<LinksDocument>(&bytes).ok())
+        .filter(|doc| doc.schema == CACHE_SCHEMA)
+        .map(|doc| doc.envs)
+        .unwrap_or_default()
+}
+
+/// Fills in the links of `entries` (name and entry) read from the cache, from the links file,
+/// when two or more of them have links: only then can one inode be counted twice in a total.
+/// A list walked under another key than its entry's is not used.
+pub fn attach_links<'a>(
+    cache_path: &Path,
+    entries: impl IntoIterator<Item = (&'a str, &'a mut Entry)>,
+) {
+    let mut missing: Vec<(&str, &mut Entry)> =
+        entries.into_iter().filter(|(_, e)| e.linked > 0).collect();
+    if missing.len() < 2 || missing.iter().all(|(_, e)| !e.links.is_empty()) {
+        return;
+    }
+    let mut stored = load_links(cache_path);
+    for (name, entry) in &mut missing {
+        if entry.links.is_empty()
+            && let Some(found) = stored.remove(*name)
+            && found.key == entry.key
+        {
+            entry.links = found.links;
+        }
+    }
+}
+
 /// Stores `updates` at `cache_path`, merged into what is on disk now and pruned to the `known`
 /// env names, under a non-blocking lock. `env_dirs` are all the project's env dirs: the cache is
 /// never written inside one. Returns whether the file was written (a busy lock is `Ok(false)`,
@@ -271,6 +340,35 @@ pub fn store(
     entries.retain(|name, _| known.contains(name));
     for (name, entry) in updates {
         entries.insert(name.clone(), entry.clone());
+    }
+    // The links first: a crash between the two writes leaves lists whose keys the old entries
+    // do not have, which are then not used.
+    let old_links = load_links(cache_path);
+    let mut links: BTreeMap<String, StoredLinks> = old_links
+        .iter()
+        .filter(|(name, l)| {
+            entries
+                .get(*name)
+                .is_some_and(|e| e.linked > 0 && e.key == l.key)
+        })
+        .map(|(name, l)| (name.clone(), l.clone()))
+        .collect();
+    for (name, entry) in updates.iter().filter(|(_, e)| !e.links.is_empty()) {
+        let list = StoredLinks {
+            key: entry.key.clone(),
+            links: entry.links.clone(),
+        };
+        links.insert(name.clone(), list);
+    }
+    if links != old_links {
+        let doc = LinksDocument {
+            schema: CACHE_SCHEMA,
+            envs: links,
+        };
+        let path = links_path(cache_path);
+        let bytes = serde_json::to_vec(&doc).expect("the links serialize");
+        fsutil::write_atomic(&path, &bytes, false)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     fsutil::write_atomic(cache_path, &to_bytes(&entries), false)
         .map_err(|e| format!("{}: {e}", cache_path.display()))?;
@@ -314,9 +412,10 @@ mod tests {
             b"[]",
             b"null",
             b"{\"schema\": 1, \"envs\": {}}",
-            b"{\"schema\": 3, \"envs\": {}}",
+            b"{\"schema\": 2, \"envs\": {}}",
+            b"{\"schema\": 4, \"envs\": {}}",
             b"{\"schema\": \"1\", \"envs\": {}}",
-            b"{\"schema\": 2, \"envs\": []}",
+            b"{\"schema\": 3, \"envs\": []}",
             b"{\"envs\": {}}",
         ] {
             let (parsed, dirty) = parse(doc);
@@ -340,14 +439,14 @@ mod tests {
             json!({"schema": CACHE_SCHEMA, "envs": {}})
                 .to_string()
                 .into_bytes(),
-            json!({"schema": 2.0, "envs": {"a": good}})
+            json!({"schema": 3.0, "envs": {"a": good}})
                 .to_string()
                 .into_bytes(),
             json!([1, {"a": good}]).to_string().into_bytes(),
-            json!({"envs": {"a": good}, "schema": 2, "schema ": 3})
+            json!({"envs": {"a": good}, "schema": 3, "schema ": 4})
                 .to_string()
                 .into_bytes(),
-            br#"{"schema": 2, "envs": {"a": 1}, "schema": 2}"#.to_vec(),
+            br#"{"schema": 3, "envs": {"a": 1}, "schema": 3}"#.to_vec(),
             b"  {\"schema\": 2, \"envs\": {}} trailing".to_vec(),
         ];
         for doc in docs {
@@ -358,6 +457,57 @@ mod tests {
                 String::from_utf8_lossy(&doc)
             );
         }
+    }
+
+    fn linked_entry(key: &str, links: Vec<Link>) -> Entry {
+        let mut entry = Entry::cleared("/p".into(), 1);
+        entry.key = Some(key.into());
+        entry.linked = links.len() as u64;
+        entry.links = links;
+        entry
+    }
+
+    #[test]
+    fn the_main_file_keeps_only_the_number_of_links_and_they_are_attached_under_their_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("build-size.json");
+        let many: Vec<Link> = (0..1000).map(|i| Link(1, i, 4096, 4096)).collect();
+        let updates = Entries::from([
+            ("a".to_owned(), linked_entry("ka", many.clone())),
+            (
+                "b".to_owned(),
+                linked_entry("kb", vec![Link(1, 7, 10, 4096)]),
+            ),
+            ("c".to_owned(), linked_entry("kc", Vec::new())),
+        ]);
+        let known = ["a", "b", "c"].map(str::to_owned);
+        assert_eq!(store(&cache, &[], &known, &updates), Ok(true));
+        let main = fs::read(&cache).unwrap();
+        assert!(main.len() < 2048, "{} bytes", main.len());
+        let mut entries = load(&cache).into_entries();
+        assert_eq!(entries["a"].linked, 1000);
+        assert!(entries.values().all(|e| e.links.is_empty()));
+        // One linked env alone needs no links: none are read.
+        attach_links(
+            &cache,
+            entries
+                .iter_mut()
+                .filter(|(n, _)| *n != "b")
+                .map(|(n, e)| (n.as_str(), e)),
+        );
+        assert!(entries["a"].links.is_empty());
+        attach_links(&cache, entries.iter_mut().map(|(n, e)| (n.as_str(), e)));
+        assert_eq!(entries["a"].links, many);
+        assert_eq!(entries["b"].links, [Link(1, 7, 10, 4096)]);
+        // A list walked under another key (a crash between the writes) is not used.
+        let mut stale = load(&cache).into_entries();
+        stale.get_mut("b").unwrap().key = Some("other".into());
+        attach_links(&cache, stale.iter_mut().map(|(n, e)| (n.as_str(), e)));
+        assert_eq!(stale["a"].links, many);
+        assert!(stale["b"].links.is_empty());
+        // Pruned with its env.
+        store(&cache, &[], &known[..1], &Entries::new()).unwrap();
+        assert_eq!(load_links(&cache).keys().collect::<Vec<_>>(), ["a"]);
     }
 
     #[cfg(unix)]

@@ -259,6 +259,7 @@ pub fn refresh_with(
         totals: result.totals,
         racy,
         walked_at_ns: now_ns,
+        linked: result.links.len() as u64,
         links: result.links,
     })
 }

@@ -87,6 +87,7 @@ pub fn run(args: &SizeArgs) -> Result<()> {
         };
         rows.push(row);
     }
+    attach_links(&project.cache_path, &mut rows);
     let pruned = cached
         .keys()
         .any(|name| !all.iter().any(|e| &e.name == name));
@@ -112,6 +113,15 @@ pub fn run(args: &SizeArgs) -> Result<()> {
         crate::messages::print(&report::table(&project, &rows, &orphans));
     }
     Ok(())
+}
+
+/// The hard links of the rows' cached entries, where the project total needs them.
+fn attach_links(cache_path: &Path, rows: &mut [Row]) {
+    cache::attach_links(
+        cache_path,
+        rows.iter_mut()
+            .filter_map(|Row { env, entry, .. }| Some((env.name.as_str(), entry.as_mut()?))),
+    );
 }
 
 /// The row of a cached entry, its state from one key capture: `fresh` (the key still matches),
@@ -160,13 +170,14 @@ pub fn cached_reports(project_dir: &Path) -> Option<SizeReport> {
     let envs = project.envs();
     let orphans = project.orphans(&envs);
     let mut entries = cache::load(&project.cache_path).into_entries();
-    let rows: Vec<Row> = envs
+    let mut rows: Vec<Row> = envs
         .into_iter()
         .map(|env| {
             let entry = entries.remove(&env.name);
             cached_row(env, entry)
         })
         .collect();
+    attach_links(&project.cache_path, &mut rows);
     Some(SizeReport::new(
         &project,
         &rows,

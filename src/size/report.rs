@@ -338,6 +338,7 @@ mod tests {
                     allocated: apparent,
                     ..WalkTotals::default()
                 },
+                linked: links.len() as u64,
                 links,
                 ..Entry::cleared(String::new(), 0)
             }),

@@ -84,6 +84,7 @@ fn recreated_penv_is_a_miss() {
     // Recreate the venv behind our back, keeping the old state file.
     crate::support::succeed(
         std::process::Command::new(crate::support::real_uv())
+            .env("UV_CACHE_DIR", &w.cache)
             .args(["venv", "--clear", "--python"])
             .arg(crate::support::host_python())
             .arg(&w.penv),
@@ -105,6 +106,7 @@ fn package_uninstalled_behind_our_back_is_repaired() {
     w.ensure(&["alpha", "postpkg"]).run().ok();
     crate::support::succeed(
         std::process::Command::new(crate::support::real_uv())
+            .env("UV_CACHE_DIR", &w.cache)
             .args(["pip", "uninstall", "--python"])
             .arg(w.penv.join("bin/python"))
             .arg("postpkg"),

@@ -67,13 +67,33 @@ fn wheel_built_by_maturin_installs_the_binary_into_a_fresh_venv() {
     assert!(name.starts_with("penv_guard-0.1.0-py3-none-"), "{name}");
 
     let venv = dir.path().join("venv");
-    let uv = real_uv();
-    succeed(Command::new(&uv).arg("venv").arg(&venv));
+    // uv writes only under this test's directory: its cache there, and a HOME of its own that
+    // must stay empty (the user's ~/.cache/uv once got 5.7 MB from this test).
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let uv = |args: &[&str]| {
+        let mut command = Command::new(real_uv());
+        command
+            .args(args)
+            .env("HOME", &home)
+            .env("UV_CACHE_DIR", dir.path().join("uv-cache"))
+            .env("UV_NO_CONFIG", "1")
+            .env("UV_PYTHON_DOWNLOADS", "never")
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_CONFIG_HOME");
+        command
+    };
+    succeed(uv(&["venv"]).arg(&venv));
     succeed(
-        Command::new(&uv)
-            .args(["pip", "install", "--python"])
+        uv(&["pip", "install", "--python"])
             .arg(venv.join("bin/python"))
             .arg(&wheel),
+    );
+    let left_in_home: Vec<_> = std::fs::read_dir(&home).unwrap().flatten().collect();
+    assert!(
+        left_in_home.is_empty(),
+        "uv wrote into HOME: {left_in_home:?}"
     );
     let installed = venv.join("bin/penv-guard");
     if STATIC {

@@ -168,6 +168,7 @@ fn pio_unhooked_or_without_the_binary_runs_upstreams_code_then_the_hook_adopts_i
     // Upstream's own install path needs uv inside the penv (`penv/bin/uv pip install`).
     succeed(
         Command::new(crate::support::real_uv())
+            .env("UV_CACHE_DIR", &p.w.cache)
             .args(["venv", "--quiet", "--python"])
             .arg(tools_python())
             .arg(&p.w.penv),

@@ -649,7 +649,7 @@ fn size_corrupt_caches_are_misses_rewritten_without_panic() {
         assert_eq!(r["cache_written"], true, "{label}: rewritten");
         assert_eq!(num(&r, "a", "apparent_bytes"), FAKE_BUILD_BYTES, "{label}");
         let rewritten: Value = serde_json::from_slice(&fs::read(p.cache_path()).unwrap()).unwrap();
-        assert_eq!(rewritten["schema"], 2, "{label}");
+        assert_eq!(rewritten["schema"], 3, "{label}");
         assert_eq!(
             rewritten["envs"]["a"]["apparent"], FAKE_BUILD_BYTES,
             "{label}"

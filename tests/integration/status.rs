@@ -336,3 +336,35 @@ fn status_reads_for_people_phases_in_run_order_outcomes_in_words_and_an_aligned_
         assert_eq!(row.find("1.0"), Some(column), "{out}");
     }
 }
+
+#[test]
+fn racers_that_find_the_work_done_check_as_a_hit_does_and_add_no_history() {
+    let w = World::new();
+    let children: Vec<std::process::Child> = (0..8)
+        .map(|_| w.ensure(&["alpha<2"]).arg("--json").spawn())
+        .collect();
+    let statuses: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            crate::support::Run::from(c.wait_with_output().unwrap())
+                .ok()
+                .status()
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "installed").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(w.installs(), 1);
+    // Each waiter let the lock go at once and checked without it, as a hit does: only the
+    // install is a miss that took the lock (a waiter that checked under it was one more).
+    let history = status(&w, &["alpha<2"])["history"].clone();
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["installed"], "{history}");
+}
