@@ -311,6 +311,8 @@ impl World {
 
     /// `penv-guard ensure` where no uv exists: no `--uv`, no `PENV_GUARD_UV`, and a PATH that
     /// holds only `python3` (with no uv next to it).
+    // Unix only: `python3` on that PATH is a symlink to the host Python.
+    #[cfg(unix)]
     pub fn ensure_without_uv(&self) -> TestCommand {
         let python_only = self.dir.path().join("python-only");
         std::fs::create_dir_all(&python_only).unwrap();
