@@ -453,7 +453,11 @@ pub fn install(core_dir: &Path) -> Result<()> {
         let Some(hooked) = platform_edits::apply(&original) else {
             let why = match hook {
                 Hook::Unusable(why) => format!("cannot be hooked: {why}"),
-                other => format!("{}: {}", p.file.display(), other.detail()),
+                other => {
+                    let detail = other.detail();
+                    let why = detail.strip_prefix("not hooked: ").unwrap_or(&detail);
+                    format!("{}: {why}", p.file.display())
+                }
             };
             refused.push(format!("espressif32 {}: {why}; left untouched", p.version));
             continue;
