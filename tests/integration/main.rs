@@ -33,3 +33,5 @@ mod size;
 mod status;
 #[cfg(windows)]
 mod windows;
+#[cfg(windows)]
+mod windows_paths;
