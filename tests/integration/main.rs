@@ -38,4 +38,6 @@ mod status;
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
+mod windows_paths;
+#[cfg(windows)]
 mod windows_platform;

@@ -64,6 +64,8 @@ fn status_explains_each_miss_reason() {
     // Which uv would install does not change whether the penv satisfies the list.
     assert_eq!(report["verdict"]["result"], "hit");
 
+    // Another spelling of the same interpreter (a symlink to it) is the same host Python;
+    // another file is not.
     let python_link = w.dir.path().join("py/python3");
     fs::create_dir_all(python_link.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(crate::support::host_python(), &python_link).unwrap();
@@ -71,6 +73,14 @@ fn status_explains_each_miss_reason() {
         &w,
         &["alpha<2", "postpkg>=1.0"],
         &["--python".as_ref(), python_link.as_os_str()],
+    );
+    assert_eq!(report["verdict"]["result"], "hit");
+    let python_copy = w.dir.path().join("py/python3-copy");
+    fs::copy(crate::support::host_python(), &python_copy).unwrap();
+    let report = status_with(
+        &w,
+        &["alpha<2", "postpkg>=1.0"],
+        &["--python".as_ref(), python_copy.as_os_str()],
     );
     assert_eq!(reason(&report), "host_python_changed");
 
