@@ -275,7 +275,15 @@ impl Run<'_> {
                 host.version
             ));
             let python = PathBuf::from(&host.path);
-            uv::create_venv(uv.as_deref(), &python, &ctx.penv, timeout, lock.file())?;
+            let cache = &ctx.cache_dir;
+            uv::create_venv(
+                uv.as_deref(),
+                &python,
+                &ctx.penv,
+                cache,
+                timeout,
+                lock.file(),
+            )?;
             phases.end("venv");
         }
         let uv = if let Some(uv) = uv.take() {
