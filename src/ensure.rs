@@ -298,9 +298,14 @@ impl Run<'_> {
                 host.version
             ));
             // The path itself, not its recorded text: uv gets the interpreter as the OS spells it.
-            if let Some(warning) =
-                uv::create_venv(uv.as_deref(), python, &ctx.penv, timeout, lock.file())?
-            {
+            if let Some(warning) = uv::create_venv(
+                uv.as_deref(),
+                python,
+                &ctx.penv,
+                &ctx.cache_dir,
+                timeout,
+                lock.file(),
+            )? {
                 self.say(warning);
             }
             phases.end("venv");

@@ -99,6 +99,7 @@ pub fn create_venv(
     uv: Option<&Path>,
     python: &Path,
     penv: &Penv,
+    cache_dir: &Path,
     timeout: Duration,
     hold: Option<&File>,
 ) -> Result<Option<String>> {
@@ -124,7 +125,11 @@ pub fn create_venv(
     let program = uv.unwrap_or(python).to_path_buf();
     let (mut command, what) = if let Some(uv) = uv {
         let mut command = uv_command(uv, penv);
+        // uv keeps what it learns about the interpreter in its cache: the penv's, never the
+        // user's default one.
         command
+            .arg("--cache-dir")
+            .arg(cache_dir)
             .args(["venv", "--allow-existing", "--no-project", "--python"])
             .arg(python)
             .arg(&penv.root);

@@ -653,3 +653,21 @@ fn with_no_uv_anywhere_the_penv_gets_uv_through_its_own_pip() {
     assert_eq!(run.json()["uv"], w.penv.join("bin/uv").to_str().unwrap());
     assert_eq!(run.json()["installed"]["alpha"], "1.0");
 }
+
+#[test]
+fn creating_the_penv_writes_nothing_into_home() {
+    let w = World::new();
+    let home = w.dir.path().join("home");
+    fs::create_dir(&home).unwrap();
+    w.ensure(&["alpha"])
+        .env("HOME", &home)
+        .env("XDG_CACHE_HOME", home.join(".cache"))
+        .run()
+        .ok();
+    let left: Vec<_> = fs::read_dir(&home)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "uv wrote into HOME: {left:?}");
+}

@@ -348,33 +348,36 @@ fn status_reads_for_people_phases_in_run_order_outcomes_in_words_and_an_aligned_
 }
 
 #[test]
-fn racers_that_find_the_work_done_check_as_a_hit_does_and_add_no_history() {
+fn waiters_that_find_the_work_done_check_as_a_hit_does_and_add_no_history() {
     let w = World::new();
-    let children: Vec<std::process::Child> = (0..8)
+    w.ensure(&["alpha<2"]).run().ok();
+    // Past the racy window, so that the state, once back, is a plain hit.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let aside = w.dir.path().join("state-aside.json");
+    fs::rename(w.state_path(), &aside).unwrap();
+    let held = w.hold_lock(None);
+    // Each misses (no state) and waits for the lock, as racers wait for an installer.
+    let children: Vec<std::process::Child> = (0..6)
         .map(|_| w.ensure(&["alpha<2"]).arg("--json").spawn())
         .collect();
-    let statuses: Vec<String> = children
-        .into_iter()
-        .map(|c| {
-            crate::support::Run::from(c.wait_with_output().unwrap())
-                .ok()
-                .status()
-        })
-        .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| *s == "installed").count(),
-        1,
-        "{statuses:?}"
-    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The "installer" records its state and lets the lock go.
+    fs::rename(&aside, w.state_path()).unwrap();
+    drop(held);
+    for child in children {
+        let run = crate::support::Run::from(child.wait_with_output().unwrap()).ok();
+        assert_eq!(run.status(), "hit", "{}", run.stderr);
+    }
     assert_eq!(w.installs(), 1);
-    // Each waiter let the lock go at once and checked without it, as a hit does: only the
-    // install is a miss that took the lock (a waiter that checked under it was one more).
+    // Each waiter let the lock go at once and checked without it, as a hit does: none is a
+    // miss that took the lock (each used to check under it, one after another, and write a
+    // history record).
     let history = status(&w, &["alpha<2"])["history"].clone();
-    let kinds: Vec<&str> = history
+    let statuses: Vec<&str> = history
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["status"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["installed"], "{history}");
+    assert_eq!(statuses, ["installed"], "{history}");
 }
