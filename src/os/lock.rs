@@ -87,9 +87,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let record = dir.path().join("penv.penv-guard.holder");
         std::fs::write(&record, b"{}").unwrap();
-        let mark = mark_holder_record(&record);
-        assert!(holder_alive(std::process::id(), &record));
-        drop(mark);
+        {
+            let _mark = mark_holder_record(&record);
+            assert!(holder_alive(std::process::id(), &record));
+        }
         // A process that has exited (and been waited for): the test binary listing its tests.
         let mut gone = std::process::Command::new(std::env::current_exe().unwrap())
             .arg("--list")
