@@ -74,9 +74,9 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         let file = File::open(&path).unwrap();
         assert!(is_same_file(&file, &path));
-        let other = dir.path().join("other");
-        std::fs::write(&other, b"").unwrap();
-        std::fs::rename(&other, &path).unwrap();
+        // Moved away, and a new file at its path (Wine refuses to rename over an open file).
+        std::fs::rename(&path, dir.path().join("moved")).unwrap();
+        std::fs::write(&path, b"").unwrap();
         assert!(!is_same_file(&file, &path), "replaced");
         std::fs::remove_file(&path).unwrap();
         assert!(!is_same_file(&file, &path), "removed");
