@@ -81,3 +81,45 @@ pub fn owner_of(path: &Path) -> Option<u32> {
 pub fn current_uid() -> Option<u32> {
     imp::current_uid()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_replaced_or_removed_at_its_path_is_not_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("penv.penv-guard.lock");
+        std::fs::write(&path, b"").unwrap();
+        let file = File::open(&path).unwrap();
+        assert!(is_same_file(&file, &path));
+        // Moved away, and a new file at its path (Wine refuses to rename over an open file).
+        std::fs::rename(&path, dir.path().join("moved")).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        assert!(!is_same_file(&file, &path), "replaced");
+        std::fs::remove_file(&path).unwrap();
+        assert!(!is_same_file(&file, &path), "removed");
+    }
+
+    #[test]
+    fn a_record_kept_by_a_live_holder_names_it_and_one_left_by_a_dead_process_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("penv.penv-guard.holder");
+        std::fs::write(&record, b"{}").unwrap();
+        {
+            let _mark = mark_holder_record(&record);
+            assert!(holder_alive(std::process::id(), &record));
+        }
+        // A process that has exited (and been waited for): the test binary listing its tests.
+        let mut gone = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--list")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = gone.id();
+        gone.wait().unwrap();
+        assert!(!holder_alive(pid, &record));
+        std::fs::remove_file(&record).unwrap();
+        assert!(!holder_alive(pid, &record), "no record");
+    }
+}
