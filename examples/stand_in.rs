@@ -91,7 +91,11 @@ fn log(event: &str, role: &str, detail: &str) {
         return;
     };
     let detail = detail.replace(['\n', '\r'], " ");
-    let line = format!("{} {event} {:.3} {role} {detail}\n", std::process::id(), now());
+    let line = format!(
+        "{} {event} {:.3} {role} {detail}\n",
+        std::process::id(),
+        now()
+    );
     if let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = file.write_all(line.as_bytes());
     }
@@ -107,7 +111,10 @@ fn sleep_ticking(length: Duration, role: &str) {
 
 /// The penv a `python.exe` in `<penv>/Scripts` belongs to.
 fn site_packages_of(python: &Path) -> PathBuf {
-    let penv = python.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+    let penv = python
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
     penv.join("Lib").join("site-packages")
 }
 

@@ -696,8 +696,13 @@ pub mod stand_in {
 
         /// `penv-guard <subcommand>` on this penv with the stand-ins, logging to [`Self::log`].
         pub fn cmd(&self, subcommand: &str) -> TestCommand {
-            let mut command =
-                penv_command(Path::new(BIN), subcommand, &self.penv, &self.uv, &self.python);
+            let mut command = penv_command(
+                Path::new(BIN),
+                subcommand,
+                &self.penv,
+                &self.uv,
+                &self.python,
+            );
             command
                 .arg("--uv-cache-dir")
                 .arg(self.dir.path().join("uv-cache"))

@@ -179,10 +179,7 @@ fn what_an_exited_child_left_running_is_killed_before_the_next_step() {
 fn a_lock_file_replaced_while_waiting_is_not_taken() {
     let w = StandIns::new();
     let old = hold(&w.lock_path());
-    let mut waiter = w
-        .ensure(&["alpha"])
-        .args(["--lock-timeout", "5"])
-        .spawn();
+    let mut waiter = w.ensure(&["alpha"]).args(["--lock-timeout", "5"]).spawn();
     let mut stderr = BufReader::new(waiter.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
@@ -207,7 +204,10 @@ fn a_lock_file_replaced_while_waiting_is_not_taken() {
         Some(75),
         "the waiter took the moved file's lock while the newcomer held the lock: {rest}"
     );
-    assert!(installs(&w).is_empty(), "installed beside the lock's holder");
+    assert!(
+        installs(&w).is_empty(),
+        "installed beside the lock's holder"
+    );
     drop(newcomer);
 }
 
