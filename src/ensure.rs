@@ -83,6 +83,7 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
         holder_path: &holder_path,
         timeout: lock_timeout,
         allow_unlocked: args.allow_unlocked,
+        second: false,
         quiet: args.quiet,
     };
     let mut lock = lock::acquire(&request)?;
@@ -110,6 +111,7 @@ pub fn ensure(args: &EnsureArgs, start: Instant) -> Result<()> {
         holder_path: &run.ctx.penv.inner_holder_path(),
         timeout: lock_timeout.saturating_sub(lock_started.elapsed()),
         allow_unlocked: args.allow_unlocked,
+        second: true,
         quiet: args.quiet,
     })?;
     // Children that change the penv keep both locks, as they keep the outer one (see `process`).

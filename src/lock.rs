@@ -41,8 +41,12 @@ use crate::os;
 pub struct PenvLock {
     file: Option<File>,
     holder_path: PathBuf,
+    /// Whether this process wrote the holder record (only then is it removed: whatever else is
+    /// at that path is not penv-guard's).
+    recorded: bool,
     /// Its entry among the locks children inherit with the one they get as stdin.
     companion: Option<usize>,
+    /// How long another holder kept it; zero when it was free at once.
     pub waited: Duration,
 }
 
@@ -98,8 +102,10 @@ impl Drop for PenvLock {
         }
         // Still locked here: the record goes before the lock does.
         if let Some(file) = &self.file {
-            crate::process::forget_holder_record(&self.holder_path);
-            let _ = std::fs::remove_file(&self.holder_path);
+            if self.recorded {
+                crate::process::forget_holder_record(&self.holder_path);
+                let _ = std::fs::remove_file(&self.holder_path);
+            }
             os::lock::release(file);
         }
     }
@@ -190,17 +196,22 @@ pub struct LockRequest<'a> {
     pub holder_path: &'a Path,
     pub timeout: Duration,
     pub allow_unlocked: bool,
+    /// The lock inside the penv: where its filesystem cannot lock, the lock beside the penv
+    /// still guards (as before that second lock existed), so that is a warning, not an error.
+    pub second: bool,
     pub quiet: bool,
 }
 
 pub fn acquire(request: &LockRequest<'_>) -> Result<PenvLock> {
     let start = Instant::now();
-    let mut announced = false;
+    // Whether another process held the lock (and this one waited for it).
+    let mut blocked = false;
     let file = loop {
-        let Some(file) = lock_once(request, start, &mut announced)? else {
+        let Some(file) = lock_once(request, start, &mut blocked)? else {
             return Ok(PenvLock {
                 file: None,
                 holder_path: request.holder_path.to_path_buf(),
+                recorded: false,
                 companion: None,
                 waited: Duration::ZERO,
             });
@@ -214,18 +225,23 @@ pub fn acquire(request: &LockRequest<'_>) -> Result<PenvLock> {
     // Informational only; a failure to record the holder must not fail the install, and
     // something else at its path (a FIFO, a directory) is never replaced.
     let foreign = fs::symlink_metadata(request.holder_path).is_ok_and(|m| !m.is_file());
-    if !foreign
-        && let Ok(bytes) = serde_json::to_vec(&Holder::current())
-        && fsutil::write_atomic(request.holder_path, &bytes, false).is_ok()
-    {
+    let recorded = !foreign
+        && serde_json::to_vec(&Holder::current())
+            .is_ok_and(|bytes| fsutil::write_atomic(request.holder_path, &bytes, false).is_ok());
+    if recorded {
         let mark = os::lock::mark_holder_record(request.holder_path);
         crate::process::add_holder_record(request.holder_path.to_path_buf(), mark);
     }
     Ok(PenvLock {
         file: Some(file),
         holder_path: request.holder_path.to_path_buf(),
+        recorded,
         companion: None,
-        waited: start.elapsed(),
+        waited: if blocked {
+            start.elapsed()
+        } else {
+            Duration::ZERO
+        },
     })
 }
 
@@ -234,7 +250,7 @@ pub fn acquire(request: &LockRequest<'_>) -> Result<PenvLock> {
 fn lock_once(
     request: &LockRequest<'_>,
     start: Instant,
-    announced: &mut bool,
+    blocked: &mut bool,
 ) -> Result<Option<File>> {
     let file = open(request.lock_path)?;
     match file.try_lock() {
@@ -242,14 +258,17 @@ fn lock_once(
         Err(std::fs::TryLockError::Error(e)) => unsupported(request, e),
         Err(std::fs::TryLockError::WouldBlock) => {
             let holder = Holder::read(request.holder_path);
-            if !request.quiet && !*announced {
-                crate::messages::say(format_args!(
-                    "waiting for the penv lock {} held by {}; timeout {}s (PENV_GUARD_LOCK_TIMEOUT)",
-                    request.lock_path.display(),
-                    Holder::describe(holder.as_ref()),
-                    request.timeout.as_secs_f64()
-                ));
-                *announced = true;
+            if !*blocked {
+                if !request.quiet {
+                    crate::messages::say(format_args!(
+                        "waiting for the penv lock {} held by {}; timeout {}s \
+                         (PENV_GUARD_LOCK_TIMEOUT)",
+                        request.lock_path.display(),
+                        Holder::describe(holder.as_ref()),
+                        request.timeout.as_secs_f64()
+                    ));
+                }
+                *blocked = true;
             }
             match wait_for(file, request.timeout.saturating_sub(start.elapsed())) {
                 Ok(file) => Ok(Some(file)),
@@ -311,6 +330,17 @@ fn open(path: &Path) -> Result<File> {
 }
 
 fn unsupported(request: &LockRequest<'_>, e: io::Error) -> Result<Option<File>> {
+    if request.second && !request.allow_unlocked {
+        if !request.quiet {
+            crate::messages::say(format_args!(
+                "warning: cannot lock {} ({e}); only the lock beside the penv guards this \
+                 install, so a peer sharing just the penv directory (another container) is not \
+                 kept out",
+                request.lock_path.display()
+            ));
+        }
+        return Ok(None);
+    }
     if request.allow_unlocked {
         if !request.quiet {
             crate::messages::say(format_args!(

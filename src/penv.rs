@@ -220,6 +220,8 @@ pub fn is_own_file_name(name: &std::ffi::OsStr) -> bool {
             || n == INNER_HOLDER
             || n == crate::history::HISTORY_FILE
             || n.starts_with(fsutil::TEMP_PREFIX)
+            // What `state::invalidate` moved aside from the state path: kept, never cleared.
+            || n.starts_with(".penv-guard-state.json.displaced-")
     })
 }
 

@@ -88,6 +88,14 @@ pub fn run(
         let mut children = CHILDREN
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A stop that came in between two children has already stopped those it saw: no new
+        // one may start after it (the handler is ending the process).
+        if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(children);
+            loop {
+                std::thread::park();
+            }
+        }
         let child = if hold.is_some() {
             crate::lock::spawning_with_companions(|| os::process::spawn(&mut command, hold))?
         } else {

@@ -20,7 +20,11 @@ pub const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Stored as an array, `[dev, ino, size, mtime_ns, ctime_ns]`: a hit reads dozens, and field
 /// names would be most of what it reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Equal when the part is unchanged: inode or file index, size and both times, and the volume
+/// on Windows. A Unix device number is not compared, only recorded (it groups stamps by
+/// filesystem for the racy window): overlayfs hands each mount a device number of its own, so a
+/// penv baked into a Docker image would show another device in every container.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(from = "StampArray", into = "StampArray")]
 pub struct Stamp {
     /// The device (Unix) or volume serial number (Windows).
@@ -31,6 +35,16 @@ pub struct Stamp {
     pub mtime_ns: i64,
     pub ctime_ns: i64,
 }
+
+impl PartialEq for Stamp {
+    fn eq(&self, other: &Stamp) -> bool {
+        (!crate::os::fs::DEVICE_IDENTIFIES_FILES || self.dev == other.dev)
+            && (self.ino, self.size, self.mtime_ns, self.ctime_ns)
+                == (other.ino, other.size, other.mtime_ns, other.ctime_ns)
+    }
+}
+
+impl Eq for Stamp {}
 
 #[derive(Serialize, Deserialize)]
 struct StampArray(u64, u64, u64, i64, i64);
@@ -225,6 +239,16 @@ pub(crate) mod tests {
 
     fn parts(stamps: &Stamps) -> impl Iterator<Item = (&str, &Option<Stamp>)> {
         stamps.iter().map(|(key, stamp)| (key.as_str(), stamp))
+    }
+
+    #[test]
+    fn the_device_number_counts_only_where_it_identifies_a_file() {
+        let a = stamp(5).unwrap();
+        let other_mount = Stamp { dev: 99, ..a };
+        // overlayfs gives each container's mount its own st_dev: the same part on Unix.
+        assert_eq!(a == other_mount, !crate::os::fs::DEVICE_IDENTIFIES_FILES);
+        assert_ne!(a, Stamp { ino: 2, ..a });
+        assert_ne!(a, Stamp { ctime_ns: 6, ..a });
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub use imp::{
 #[cfg(test)]
 pub use imp::set_modified;
 
+/// Whether a stamp's device number belongs to a file's identity across runs: Windows' volume
+/// serial does; a Unix `st_dev` need not (overlayfs gives every mount a new one).
+pub const DEVICE_IDENTIFIES_FILES: bool = cfg!(windows);
+
 /// A lock file: read and write, created but never truncated (see `lock_flags` per OS).
 pub fn lock_options() -> fs::OpenOptions {
     let mut options = fs::OpenOptions::new();

@@ -1833,3 +1833,54 @@ fn a_penv_shared_as_a_volume_between_mount_namespaces_is_never_installed_into_tw
         "the penv is on the volume"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found by the review of round three
+
+/// What was moved aside from the state path is kept by a later recreation of the venv too (the
+/// venv's clearing moved it out with everything else, then deleted it).
+#[test]
+fn what_was_moved_aside_from_the_state_path_survives_a_recreated_penv() {
+    let w = World::new();
+    w.ensure(&["alpha"]).run().ok();
+    fs::remove_file(w.state_path()).unwrap();
+    fs::create_dir(w.state_path()).unwrap();
+    fs::write(w.state_path().join("keep.txt"), "mine").unwrap();
+    w.ensure(&["alpha"]).run().ok();
+    let cfg = w.penv.join("pyvenv.cfg");
+    let text = fs::read_to_string(&cfg).unwrap();
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("version_info = "))
+        .unwrap()
+        .to_owned();
+    fs::write(&cfg, text.replace(&version, "2.7.18")).unwrap();
+    let run = w.ensure(&["alpha"]).run().ok();
+    assert!(run.stderr.contains("creating the penv"), "{}", run.stderr);
+    let kept = fs::read_dir(&w.penv)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().contains("displaced"))
+        .expect("still beside the new venv");
+    assert_eq!(
+        fs::read_to_string(kept.path().join("keep.txt")).unwrap(),
+        "mine"
+    );
+}
+
+/// Something at the holder path that penv-guard did not write (it refuses to write over a
+/// symlink there) is not removed when the lock goes either.
+#[test]
+fn a_symlink_at_the_holder_path_is_left_where_it_was() {
+    let w = World::new();
+    let target = w.dir.path().join("users-file");
+    fs::write(&target, "keep").unwrap();
+    fs::create_dir_all(w.holder_path().parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&target, w.holder_path()).unwrap();
+    w.ensure(&["alpha"]).run().ok();
+    assert!(
+        fs::symlink_metadata(w.holder_path()).is_ok_and(|m| m.file_type().is_symlink()),
+        "the symlink at the holder path was removed"
+    );
+    assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+}
