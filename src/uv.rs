@@ -553,10 +553,13 @@ mod tests {
     #[test]
     fn relative_entries_of_uv_path_variables_become_absolute_and_urls_stay() {
         let cwd = std::env::current_dir().unwrap();
-        let joined = absolute_entries("wheels,https://x/simple,/abs", Some(','));
+        // Absolute on every OS (`/abs` is relative to the drive on Windows).
+        let abs = std::env::temp_dir().join("abs");
+        let abs = abs.to_str().unwrap();
+        let joined = absolute_entries(&format!("wheels,https://x/simple,{abs}"), Some(','));
         let entries: Vec<&str> = joined.split(',').collect();
         assert_eq!(entries[0], cwd.join("wheels").to_string_lossy());
-        assert_eq!(entries[1..], ["https://x/simple", "/abs"]);
+        assert_eq!(entries[1..], ["https://x/simple", abs]);
         assert_eq!(absolute_entries("file:///x", None), "file:///x");
     }
 }
