@@ -41,3 +41,5 @@ mod windows;
 mod windows_paths;
 #[cfg(windows)]
 mod windows_platform;
+#[cfg(windows)]
+mod windows_real;
