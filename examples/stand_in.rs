@@ -174,6 +174,11 @@ fn value_of<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
 }
 
 fn uv(exe: &Path, args: &[String]) -> Result<(), String> {
+    // uv's global options may stand before the command (`uv --cache-dir DIR venv …`).
+    let mut args = args;
+    while args.first().is_some_and(|a| a == "--cache-dir") && args.len() >= 2 {
+        args = &args[2..];
+    }
     match args.first().map(String::as_str) {
         Some("--version") => {
             println!("uv 0.0.0 (penv-guard stand-in)");
