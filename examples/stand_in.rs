@@ -118,6 +118,13 @@ fn site_packages_of(python: &Path) -> PathBuf {
     penv.join("Lib").join("site-packages")
 }
 
+/// The marker and import reports go to the file the script's last argument names, as the real
+/// scripts write them (`open(sys.argv.pop(), "w")`), never to stdout.
+fn write_report(rest: &[&str], report: &str) -> Result<(), String> {
+    let path = rest.last().ok_or("no report file named")?;
+    std::fs::write(path, report).map_err(|e| format!("cannot write the report {path}: {e}"))
+}
+
 fn python(exe: &Path, args: &[String]) -> Result<(), String> {
     let args: Vec<&str> = args
         .iter()
@@ -143,8 +150,8 @@ fn python(exe: &Path, args: &[String]) -> Result<(), String> {
             "python_version": "3.11",
             "sys_platform": "win32",
         });
-        println!("{markers}");
-    } else if script.contains("PENV-GUARD-VALIDATION") {
+        write_report(rest, &markers.to_string())?;
+    } else if script.contains("importlib.import_module") {
         let pairs: Vec<(String, String)> = rest
             .first()
             .and_then(|a| serde_json::from_str(a).ok())
@@ -161,7 +168,7 @@ fn python(exe: &Path, args: &[String]) -> Result<(), String> {
             })
             .collect();
         let report = serde_json::to_string(&failures).map_err(|e| e.to_string())?;
-        println!("\nPENV-GUARD-VALIDATION:{report}");
+        write_report(rest, &report)?;
     } else {
         return Err(format!("this script is not imitated: {script}"));
     }
