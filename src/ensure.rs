@@ -524,7 +524,7 @@ impl Run<'_> {
             fingerprint: fingerprint_input.hash(),
             fingerprint_input,
             request: ctx.request()?,
-            racy_window_ns: stamp::racy_window_ns(&stamps, |key| ctx.device_of(key)),
+            racy_window_ns: stamp::racy_window_ns(&stamps),
             stamps,
             recorded_at_ns,
             host_python,

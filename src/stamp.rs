@@ -140,17 +140,15 @@ pub fn is_racy(changed_ns: i64, at_ns: i64, window_ns: i64) -> bool {
 /// The racy window for these stamps: twice the coarser of the kernel's timestamp tick and the
 /// granularity each filesystem showed in the timestamps just read (all whole seconds on FAT,
 /// ext3 or `mkfs.ext4 -I 128`, nanoseconds on ext4, btrfs, xfs, tmpfs, APFS). The granularity is
-/// measured per filesystem (`device` names the one a part lives on) and the coarsest wins: a
+/// measured per filesystem (each stamp's own device or volume) and the coarsest wins: a
 /// whole-second penv is never given the fine window its base interpreter's filesystem shows.
-pub fn racy_window_ns(stamps: &Stamps, device: impl Fn(&str) -> Option<u64>) -> i64 {
-    let mut by_device: BTreeMap<Option<u64>, Vec<i64>> = BTreeMap::new();
-    for (key, stamp) in stamps {
-        if let Some(s) = stamp {
-            by_device
-                .entry(device(key))
-                .or_default()
-                .extend([s.mtime_ns, s.ctime_ns]);
-        }
+pub fn racy_window_ns(stamps: &Stamps) -> i64 {
+    let mut by_device: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+    for s in stamps.values().flatten() {
+        by_device
+            .entry(s.dev)
+            .or_default()
+            .extend([s.mtime_ns, s.ctime_ns]);
     }
     by_device
         .values()
@@ -169,12 +167,6 @@ fn window_of(times: &[i64]) -> i64 {
         return COARSE_RACY_WINDOW_NS;
     }
     2 * granularity.max(timestamp_tick_ns())
-}
-
-/// The filesystem (device; the volume on Windows) `path` lives on, following symlinks as
-/// [`Stamp::of`] does; `None` where it cannot be stat'ed.
-pub fn device(path: &Path) -> Option<u64> {
-    Stamp::of(path).map(|s| s.dev)
 }
 
 #[cfg(target_os = "linux")]
@@ -298,7 +290,7 @@ pub(crate) mod tests {
         .into_iter()
         .map(|(k, t)| (k.to_owned(), stamp(t)))
         .collect();
-        let window = racy_window_ns(&fine, |_| None);
+        let window = racy_window_ns(&fine);
         assert!(
             window < 100_000_000,
             "ns timestamps: a tick-sized window, got {window}"
@@ -310,22 +302,22 @@ pub(crate) mod tests {
         .into_iter()
         .map(|(k, t)| (k.to_owned(), stamp(t)))
         .collect();
-        assert_eq!(
-            racy_window_ns(&whole_seconds, |_| None),
-            COARSE_RACY_WINDOW_NS
-        );
-        assert_eq!(
-            racy_window_ns(&Stamps::new(), |_| None),
-            COARSE_RACY_WINDOW_NS
-        );
+        assert_eq!(racy_window_ns(&whole_seconds), COARSE_RACY_WINDOW_NS);
+        assert_eq!(racy_window_ns(&Stamps::new()), COARSE_RACY_WINDOW_NS);
         // One part on a whole-second filesystem among many on a fine one: the window is that
         // filesystem's, never borrowed from the other.
+        let whole_second = stamp(1_700_000_005_000_000_000).unwrap();
         let mut mixed = fine.clone();
-        mixed.insert("c".to_owned(), stamp(1_700_000_005_000_000_000));
-        assert_eq!(
-            racy_window_ns(&mixed, |key| Some(u64::from(key == "c"))),
-            COARSE_RACY_WINDOW_NS
+        mixed.insert(
+            "c".to_owned(),
+            Some(Stamp {
+                dev: 2,
+                ..whole_second
+            }),
         );
-        assert!(racy_window_ns(&mixed, |_| Some(0)) < 100_000_000);
+        assert_eq!(racy_window_ns(&mixed), COARSE_RACY_WINDOW_NS);
+        // The same time on the fine filesystem is just a round number there.
+        mixed.insert("c".to_owned(), Some(whole_second));
+        assert!(racy_window_ns(&mixed) < 100_000_000);
     }
 }

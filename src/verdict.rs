@@ -158,14 +158,6 @@ impl Context {
         }
     }
 
-    /// The filesystem (device) the part a stamp key names lives on, for the racy window.
-    pub fn device_of(&self, key: &str) -> Option<u64> {
-        match key.strip_prefix(ESPTOOL_PREFIX) {
-            Some(file) => stamp::device(&self.esptool_dir.as_ref()?.join(file)),
-            None => stamp::device(&self.penv.root.join(key)),
-        }
-    }
-
     /// The stamps of the same parts `recorded` names, as they are now.
     pub fn stamps_like(&self, recorded: &Stamps) -> Stamps {
         let penv = StampRoot::open(&self.penv.root);
