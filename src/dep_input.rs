@@ -131,14 +131,9 @@ impl DepInput {
     }
 }
 
-/// The stamp of the running binary (on Linux `/proc/self/exe`, which names it even after it
-/// was replaced on disk).
+/// The stamp of the running binary.
 fn own_binary() -> Option<Stamp> {
-    #[cfg(target_os = "linux")]
-    let path = PathBuf::from("/proc/self/exe");
-    #[cfg(not(target_os = "linux"))]
-    let path = std::env::current_exe().ok()?;
-    Stamp::of(&path)
+    Stamp::of(&crate::os::path::running_binary()?)
 }
 
 #[cfg(test)]

@@ -166,21 +166,7 @@ fn window_of(times: &[i64]) -> i64 {
     if granularity >= 1_000_000_000 {
         return COARSE_RACY_WINDOW_NS;
     }
-    2 * granularity.max(timestamp_tick_ns())
-}
-
-#[cfg(target_os = "linux")]
-fn timestamp_tick_ns() -> i64 {
-    let res = rustix::time::clock_getres(rustix::time::ClockId::RealtimeCoarse);
-    res.tv_sec
-        .saturating_mul(1_000_000_000)
-        .saturating_add(res.tv_nsec)
-        .clamp(1, COARSE_RACY_WINDOW_NS)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn timestamp_tick_ns() -> i64 {
-    10_000_000
+    2 * granularity.max(crate::os::fs::timestamp_tick_ns().clamp(1, COARSE_RACY_WINDOW_NS))
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use imp::{
     DirHandle, allocated_bytes, hard_link_id, is_executable, is_fifo, mode, mtime_ns, open_dir,
     read_options, refusal, remove_file, retrying, set_blocking, set_mode, special_kind, stamp,
-    stamp_at,
+    stamp_at, timestamp_tick_ns,
 };
 
 #[cfg(test)]

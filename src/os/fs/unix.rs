@@ -163,6 +163,21 @@ pub fn is_executable(path: &Path) -> bool {
 }
 
 /// Runs `op` once: a rename or removal on Unix does not fail because a reader has the file open.
+/// The clock tick the kernel stamps file times with: on Linux the coarse realtime clock's
+/// resolution (the jiffy, 1 to 10 ms), elsewhere 10 ms, coarser than macOS's and the BSDs' own.
+#[cfg(target_os = "linux")]
+pub fn timestamp_tick_ns() -> i64 {
+    let res = rustix::time::clock_getres(rustix::time::ClockId::RealtimeCoarse);
+    res.tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(res.tv_nsec)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn timestamp_tick_ns() -> i64 {
+    10_000_000
+}
+
 pub fn retrying<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     op()
 }
