@@ -316,14 +316,15 @@ mod tests {
     #[test]
     fn walk_counts_non_utf8_names_and_sparse_files() {
         let tmp = tempfile::tempdir().unwrap();
-        // A name that is not Unicode exists only on Unix (Windows names are UTF-16).
-        #[cfg(unix)]
+        // A name that is not Unicode exists only on Linux here (Windows names are UTF-16, and
+        // APFS refuses names that are not UTF-8).
+        #[cfg(target_os = "linux")]
         {
             use std::os::unix::ffi::OsStrExt;
             let odd = std::ffi::OsStr::from_bytes(b"caf\xe9.o");
             fs::write(tmp.path().join(odd), b"12345").unwrap();
         }
-        #[cfg(not(unix))]
+        #[cfg(not(target_os = "linux"))]
         fs::write(tmp.path().join("caf\u{e9}.o"), b"12345").unwrap();
         let sparse = fs::File::create(tmp.path().join("sparse")).unwrap();
         sparse.set_len(50_000_000).unwrap();

@@ -115,7 +115,8 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 /// Sets every mtime under `root` an hour back (children before their directory; symlinks
-/// themselves with `touch -h`), so the key is out of the racy window.
+/// themselves with `touch -h -r`, from a reference file: GNU and BSD touch both take that, where
+/// only GNU's takes `-d @SECS`), so the key is out of the racy window.
 fn age(root: &Path) {
     let then = SystemTime::now() - Duration::from_secs(3600);
     age_to(root, then);
@@ -124,9 +125,12 @@ fn age(root: &Path) {
 fn age_to(path: &Path, t: SystemTime) {
     let meta = fs::symlink_metadata(path).unwrap();
     if meta.file_type().is_symlink() {
-        let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        let reference = tempfile::NamedTempFile::new().unwrap();
+        reference.as_file().set_modified(t).unwrap();
         let status = Command::new("touch")
-            .args(["-h", "-d", &format!("@{secs}")])
+            .arg("-h")
+            .arg("-r")
+            .arg(reference.path())
             .arg(path)
             .status()
             .unwrap();
