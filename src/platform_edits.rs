@@ -481,8 +481,9 @@ mod tests {
 
     #[test]
     fn anchors_must_occur_exactly_once() {
-        assert!(
-            replace_exactly("x y", [("x", "1"), ("y", "2")].into_iter()).as_deref() == Some("1 2")
+        assert_eq!(
+            replace_exactly("x y", [("x", "1"), ("y", "2")].into_iter()).as_deref(),
+            Some("1 2")
         );
         assert!(replace_exactly("x x", [("x", "1")].into_iter()).is_none());
         assert!(replace_exactly("x", [("z", "1")].into_iter()).is_none());

@@ -475,7 +475,7 @@ mod tests {
                 .iter()
                 .any(|l| l.starts_with("pio-lock @ git+https://"))
         );
-        assert!(deps.iter().filter(|d| d.is_url()).count() == 2);
+        assert_eq!(deps.iter().filter(|d| d.is_url()).count(), 2);
     }
 
     #[test]

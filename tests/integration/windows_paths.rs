@@ -228,11 +228,11 @@ fn another_spelling_of_the_same_python_is_a_hit() {
 
 #[test]
 fn the_state_is_replaced_while_another_process_reads_it() {
+    const FILE_SHARE_READ: u32 = 0x1;
     let w = odd_stand_ins();
     ensure_with(&w, &w.penv, &w.python).run().ok();
     let state = w.penv.join(".penv-guard-state.json");
     // A reader that does not share deletion (an antivirus scan, Python's `open()`), for a while.
-    const FILE_SHARE_READ: u32 = 0x1;
     let reader = OpenOptions::new()
         .read(true)
         .share_mode(FILE_SHARE_READ)
