@@ -17,7 +17,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -27,6 +27,13 @@ use crate::error::{Error, Result};
 use crate::fsutil::{self, Follow};
 use crate::messages;
 use crate::platform_edits;
+
+mod lock;
+mod status;
+
+use lock::lock_platforms;
+use status::status;
+pub use status::status_lines;
 
 const BACKUP_SUFFIX: &str = ".penv-guard-orig";
 const RECORD_SUFFIX: &str = ".penv-guard.json";
@@ -366,57 +373,6 @@ fn delete_own(path: &Path) -> Result<()> {
     }
 }
 
-/// Takes the platform lock (`<core>/.penv-guard-platform.lock`), so that concurrent `install`s
-/// and `remove`s run one after another, each reading what the previous one wrote. Waits up to
-/// `PENV_GUARD_LOCK_TIMEOUT` seconds (default 60), then exit 75. Held until the file is dropped.
-fn lock_platforms(core_dir: &Path) -> Result<fs::File> {
-    let path = core_dir.join(PLATFORM_LOCK);
-    let timeout = match std::env::var("PENV_GUARD_LOCK_TIMEOUT") {
-        Ok(text) if !text.trim().is_empty() => text
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "PENV_GUARD_LOCK_TIMEOUT={text:?} is not a number of seconds"
-                ))
-            })?,
-        _ => PLATFORM_LOCK_TIMEOUT,
-    };
-    let file = fsutil::open_lock_file(&path).map_err(|e| match e {
-        fsutil::ReadError::Io(e) => Error::io("open the platform lock", &path, e),
-        other => Error::Usage(format!(
-            "the platform lock {} is {other}; penv-guard does not follow or replace it (remove it)",
-            path.display()
-        )),
-    })?;
-    let start = Instant::now();
-    let mut announced = false;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(fs::TryLockError::WouldBlock) => {}
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
-        }
-        if start.elapsed() >= timeout {
-            return Err(Error::PlatformLockTimeout {
-                path,
-                seconds: timeout.as_secs_f64(),
-            });
-        }
-        if !announced {
-            messages::say(format_args!(
-                "waiting for another `penv-guard platform install` or `remove` (lock {})",
-                path.display()
-            ));
-            announced = true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The platforms `install` and `remove` act on; says so when there are none.
 fn platforms_or_say_none(core_dir: &Path) -> Result<Vec<Platform>> {
     let found = platforms(core_dir)?;
@@ -544,59 +500,4 @@ pub fn remove(core_dir: &Path) -> Result<()> {
         }
     }
     left_alone(refused, found.len())
-}
-
-/// One line per platform for `penv-guard status`: `platform espressif32 55.03.311: hooked: …`.
-/// Empty when the core dir has no pioarduino platform or cannot be read.
-pub fn status_lines(core_dir: &Path) -> Vec<String> {
-    platforms(core_dir)
-        .unwrap_or_default()
-        .iter()
-        .map(|p| format!("platform espressif32 {}: {}", p.version, p.hook.detail()))
-        .collect()
-}
-
-#[derive(Serialize)]
-struct StatusEntry<'a> {
-    dir: &'a Path,
-    version: &'a str,
-    file: &'a Path,
-    state: &'static str,
-    message: String,
-    backup: bool,
-}
-
-fn status(core_dir: &Path, json: bool) -> Result<()> {
-    let found = platforms(core_dir)?;
-    if json {
-        let entries: Vec<StatusEntry> = found
-            .iter()
-            .map(|p| StatusEntry {
-                dir: &p.dir,
-                version: &p.version,
-                file: &p.file,
-                state: p.hook.name(),
-                message: p.hook.detail(),
-                backup: p.backup().is_file(),
-            })
-            .collect();
-        let report = serde_json::json!({"core_dir": core_dir, "platforms": entries});
-        messages::println(&messages::json(&report, false));
-        return Ok(());
-    }
-    if found.is_empty() {
-        messages::println(&format!(
-            "no pioarduino espressif32 platform under {}",
-            core_dir.join("platforms").display()
-        ));
-    }
-    for p in &found {
-        messages::println(&format!(
-            "espressif32 {}  {}\n  {}",
-            p.version,
-            p.file.display(),
-            p.hook.detail()
-        ));
-    }
-    Ok(())
 }
