@@ -13,7 +13,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// `path` with every symlink resolved, without `\\?\` where it is not needed.
 /// A path to the running binary's file: on Linux `/proc/self/exe`, which names it even after it
 /// was replaced on disk; elsewhere what the OS says it was started from.
 pub fn running_binary() -> Option<PathBuf> {
@@ -24,6 +23,7 @@ pub fn running_binary() -> Option<PathBuf> {
     }
 }
 
+/// `path` with every symlink resolved, without `\\?\` where it is not needed.
 pub fn canonical(path: &Path) -> io::Result<PathBuf> {
     dunce::canonicalize(path)
 }

@@ -162,7 +162,6 @@ pub fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Runs `op` once: a rename or removal on Unix does not fail because a reader has the file open.
 /// The clock tick the kernel stamps file times with: on Linux the coarse realtime clock's
 /// resolution (the jiffy, 1 to 10 ms), elsewhere 10 ms, coarser than macOS's and the BSDs' own.
 #[cfg(target_os = "linux")]
@@ -178,6 +177,7 @@ pub fn timestamp_tick_ns() -> i64 {
     10_000_000
 }
 
+/// Runs `op` once: a rename or removal on Unix does not fail because a reader has the file open.
 pub fn retrying<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     op()
 }

@@ -154,8 +154,6 @@ fn is_held_elsewhere(e: &io::Error) -> bool {
     )
 }
 
-/// Runs `op`, again after 10 ms, 20 ms, … (ten retries, about 10 s in all) while it fails because
-/// another process holds the file: an antivirus scan, or a reader that does not share deletion.
 /// The clock tick NTFS stamps last-write times with: the system time's update interval, 15.6 ms
 /// by default (1 ms when a program raised the timer resolution). 10 ms, doubled by the racy
 /// window, still covers the default tick.
@@ -163,6 +161,8 @@ pub fn timestamp_tick_ns() -> i64 {
     10_000_000
 }
 
+/// Runs `op`, again after 10 ms, 20 ms, … (ten retries, about 10 s in all) while it fails because
+/// another process holds the file: an antivirus scan, or a reader that does not share deletion.
 pub fn retrying<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     let mut delay = Duration::from_millis(10);
     for _ in 0..10 {
