@@ -385,7 +385,13 @@ fn platforms_or_say_none(core_dir: &Path) -> Result<Vec<Platform>> {
     Ok(found)
 }
 
-pub fn install(core_dir: &Path) -> Result<()> {
+/// What `install` and `remove` share: under the platform lock, every platform once (a linked one
+/// is only named), then exit 2 if some were left alone. `act` returns the line saying why it left
+/// a platform alone, if it did.
+fn for_each_platform(
+    core_dir: &Path,
+    mut act: impl FnMut(&Platform, Hook, Seen) -> Result<Option<String>>,
+) -> Result<()> {
     let _lock = lock_platforms(core_dir)?;
     let found = platforms_or_say_none(core_dir)?;
     let mut refused = Vec::new();
@@ -395,10 +401,17 @@ pub fn install(core_dir: &Path) -> Result<()> {
             continue;
         }
         let (hook, seen) = classify(p);
+        refused.extend(act(p, hook, seen)?);
+    }
+    left_alone(refused, found.len())
+}
+
+pub fn install(core_dir: &Path) -> Result<()> {
+    for_each_platform(core_dir, |p, hook, seen| {
         let original = match (&hook, seen.current) {
             (Hook::Hooked | Hook::HookedByPatch, _) => {
                 messages::say(format_args!("{}: already hooked", p.label()));
-                continue;
+                return Ok(None);
             }
             (Hook::Outdated, _) => seen.backup.unwrap_or_default(),
             (Hook::NotHooked { .. } | Hook::Replaced { recognised: true }, Some(current)) => {
@@ -415,8 +428,10 @@ pub fn install(core_dir: &Path) -> Result<()> {
                     format!("{}: {why}", p.file.display())
                 }
             };
-            refused.push(format!("espressif32 {}: {why}; left untouched", p.version));
-            continue;
+            return Ok(Some(format!(
+                "espressif32 {}: {why}; left untouched",
+                p.version
+            )));
         };
         let record = Record {
             schema: RECORD_SCHEMA,
@@ -434,8 +449,8 @@ pub fn install(core_dir: &Path) -> Result<()> {
         )?;
         write_file(&p.file, hooked.as_bytes(), mode)?;
         messages::say(format_args!("{}: hooked {}", p.label(), p.file.display()));
-    }
-    left_alone(refused, found.len())
+        Ok(None)
+    })
 }
 
 /// Exit 2 when some platforms were left alone (after every other one was handled): one line
@@ -456,15 +471,7 @@ fn left_alone(mut refused: Vec<String>, of: usize) -> Result<()> {
 }
 
 pub fn remove(core_dir: &Path) -> Result<()> {
-    let _lock = lock_platforms(core_dir)?;
-    let found = platforms_or_say_none(core_dir)?;
-    let mut refused = Vec::new();
-    for p in &found {
-        if let Hook::Linked(_) = &p.hook {
-            messages::say(format_args!("{}: {}", p.label(), p.hook.detail()));
-            continue;
-        }
-        let (hook, seen) = classify(p);
+    for_each_platform(core_dir, |p, hook, seen| {
         match hook {
             Hook::Hooked | Hook::Outdated => {
                 let original = seen.backup.unwrap_or_default();
@@ -486,10 +493,7 @@ pub fn remove(core_dir: &Path) -> Result<()> {
                 p.label(),
                 p.file.display()
             )),
-            Hook::Unusable(why) => {
-                refused.push(format!("{}: {why}", p.label()));
-                continue;
-            }
+            Hook::Unusable(why) => return Ok(Some(format!("{}: {why}", p.label()))),
             Hook::NotHooked { .. } | Hook::Unrecognised { .. } | Hook::Linked(_) => {
                 messages::say(format_args!("{}: not hooked", p.label()));
             }
@@ -498,6 +502,6 @@ pub fn remove(core_dir: &Path) -> Result<()> {
             delete_own(&p.record_path())?;
             delete_own(&p.backup())?;
         }
-    }
-    left_alone(refused, found.len())
+        Ok(None)
+    })
 }
